@@ -1,0 +1,91 @@
+"""One training job: build the configured objects, fit, save the model and the run's summary.
+
+Every output goes to the job's Hydra directory (Hydra does not chdir): `metrics.csv`,
+`checkpoints/last.ckpt`, `model.pt` (the seed's state_dict layout), `summary.json`, the W&B
+run under `wandb/`, Hydra's `.hydra/` and the log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from modadd.callbacks import EpochLog, read_metrics
+from modadd.grokking import grokking_epochs
+from modadd.module import GrokModule
+from modadd.tracking import finish_run
+
+log = logging.getLogger("modadd")
+
+
+def train(cfg: DictConfig) -> float:
+    """Run the job described by `cfg`; returns the final validation accuracy (mean over members)."""
+    out = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        summary = _fit(cfg, out)
+    except BaseException as err:
+        _write_summary(out, {"status": "failed", "error": f"{type(err).__name__}: {err}"})
+        finish_run(exit_code=1)
+        raise
+    finish_run(exit_code=0)
+    return summary["final"].get("val/acc", math.nan)
+
+
+def _fit(cfg: DictConfig, out: Path) -> dict:
+    data: L.LightningDataModule = instantiate(cfg.data)
+    module: GrokModule = instantiate(cfg.model)
+    loggers = [instantiate(c) for c in (cfg.logger or {}).values()]
+    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
+    callbacks.sort(key=lambda c: isinstance(c, EpochLog))  # the row is written after all others add to it
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    for logger in loggers:
+        logger.log_hyperparams(config)
+
+    last = out / "checkpoints" / "last.ckpt"
+    resume = last if last.exists() else None
+    if resume:
+        log.info("resuming from %s", resume)
+    trainer.fit(module, datamodule=data, ckpt_path=resume)
+
+    _save_models(module, out)
+    rows = read_metrics(out / "metrics.csv")
+    final = {k: v for k, v in rows[-1].items()} if rows else {}
+    diverged = not all(math.isfinite(final.get(k, 0.0)) for k in ("train/loss", "val/loss"))
+    summary = {
+        "status": "diverged" if diverged else "ok",
+        "epochs_run": len(rows),
+        "final": final,
+        "grokking": grokking_epochs(rows),
+    }
+    _write_summary(out, summary)
+    for logger in loggers:
+        if hasattr(logger.experiment, "summary"):
+            logger.experiment.summary.update({"status": summary["status"], "grokking": summary["grokking"]})
+    log.info("done: %s", json.dumps({k: summary[k] for k in ("status", "grokking")}))
+    return summary
+
+
+def _save_models(module: GrokModule, out: Path) -> None:
+    """Each member's final weights in the seed's state_dict layout (`fc1.weight`, `fc2.weight`)."""
+    net = module.net
+    if net.members == 1:
+        torch.save(net.member(0).state_dict(), out / "model.pt")
+    else:
+        for k in range(net.members):
+            torch.save(net.member(k).state_dict(), out / f"model_m{k}.pt")
+
+
+def _write_summary(out: Path, summary: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2, default=str, allow_nan=True))
+    tmp.replace(out / "summary.json")

@@ -1,0 +1,126 @@
+"""The MLP in the seed's layout, and the same network stacked K times for fast training.
+
+`MLP` is the seed's class (its `state_dict` loads into the seed notebook's `MLP`): analysis and
+saved models use it. `MLPStack` holds K independent members as one pair of tensors with a
+leading member dimension, so K models train with one set of kernels. Its parameters are laid
+out for the gather and the batched matmul (`W_in: (K, 2p, hidden)`, `W_out: (K, hidden, p)`),
+the transposes of the seed's `fc1.weight` / `fc2.weight`.
+
+`MLPStack.loss_and_grads` is a hand-written backward pass for the ReLU network: on this tiny
+model the cost of a step is the number of small ops, and autograd's graph doubles it. Autograd
+(`MLPStack.forward` + `loss.backward()`) stays the reference it is tested against.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class MLP(nn.Module):
+    """2p -> hidden -> p, ReLU, no biases: `fc1.weight: (hidden, 2p)`, `fc2.weight: (p, hidden)`."""
+
+    def __init__(self, p: int, hidden: int):
+        super().__init__()
+        self.p = p
+        self.fc1 = nn.Linear(2 * p, hidden, bias=False)
+        self.fc2 = nn.Linear(hidden, p, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits `(n, p)` from the seed's one-hot inputs `x: (n, 2p)`."""
+        return self.fc2(F.relu(self.fc1(x)))
+
+    def forward_pairs(self, a: Tensor, b: Tensor) -> Tensor:
+        """Logits `(n, p)` for pairs `a, b: (n,)`: the one-hot matmul done as a column gather."""
+        W = self.fc1.weight
+        return self.fc2(F.relu(W[:, a].T + W[:, self.p + b].T))
+
+
+class MLPStack(nn.Module):
+    """K independent MLPs as `W_in: (K, 2p, hidden)` and `W_out: (K, hidden, p)`."""
+
+    def __init__(self, W_in: Tensor, W_out: Tensor):
+        super().__init__()
+        self.p = W_out.shape[-1]
+        self.W_in = nn.Parameter(W_in)
+        self.W_out = nn.Parameter(W_out)
+
+    @classmethod
+    def init(cls, p: int, hidden: int, seeds: list[int]) -> MLPStack:
+        """Member k is initialised exactly as `torch.manual_seed(seeds[k]); MLP(p, hidden)`,
+        i.e. as the seed notebook initialises its model (nn.Linear's default)."""
+        members = []
+        for seed in seeds:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                members.append(MLP(p, hidden))
+        return cls.from_mlps(members)
+
+    @classmethod
+    def from_mlps(cls, mlps: list[MLP]) -> MLPStack:
+        W_in = torch.stack([m.fc1.weight.detach().T for m in mlps]).contiguous()
+        W_out = torch.stack([m.fc2.weight.detach().T for m in mlps]).contiguous()
+        return cls(W_in, W_out)
+
+    @property
+    def members(self) -> int:
+        return self.W_in.shape[0]
+
+    def member(self, k: int) -> MLP:
+        """Member k as a seed-layout `MLP` (a copy, on the CPU)."""
+        mlp = MLP(self.p, self.W_in.shape[-1])
+        with torch.no_grad():
+            mlp.fc1.weight.copy_(self.W_in[k].T)
+            mlp.fc2.weight.copy_(self.W_out[k].T)
+        return mlp
+
+    def seed_weights(self) -> tuple[Tensor, Tensor]:
+        """All members in the seed's layout: `fc1: (K, hidden, 2p)`, `fc2: (K, p, hidden)`."""
+        return self.W_in.detach().transpose(1, 2), self.W_out.detach().transpose(1, 2)
+
+    def _hidden(self, a: Tensor, b: Tensor) -> Tensor:
+        """Pre-activations `(K, B, hidden)` for per-member pairs `a, b: (K, B)`."""
+        K, two_p, hidden = self.W_in.shape
+        offset = torch.arange(K, device=a.device).unsqueeze(1) * two_p
+        W = self.W_in.reshape(K * two_p, hidden)
+        return (W[(a + offset).reshape(-1)] + W[(b + self.p + offset).reshape(-1)]).view(*a.shape, hidden)
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        """Logits `(K, B, p)`; `a, b` are `(K, B)` (each member its own pairs) or `(B,)` (shared)."""
+        if a.dim() == 1:
+            a, b = a.expand(self.members, -1), b.expand(self.members, -1)
+        return torch.bmm(F.relu(self._hidden(a, b)), self.W_out)
+
+    @torch.no_grad()
+    def backward(self, a: Tensor, b: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Cross-entropy of one minibatch per member; its exact gradients go to `.grad`.
+
+        The counterpart of `loss.backward()` on `forward`, for `a, b, y: (K, B)`. The gradient
+        buffers are reused from step to step (fresh ones cost page faults on every step).
+        Returns `loss: (K,)` (mean over the batch) and `correct: (K,)` (count of right answers).
+        """
+        K, B = a.shape
+        two_p, hidden = self.W_in.shape[1:]
+        for param in (self.W_in, self.W_out):
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+        offset = torch.arange(K, device=a.device).unsqueeze(1) * two_p
+        rows_a, rows_b = (a + offset).reshape(-1), (b + self.p + offset).reshape(-1)
+        W = self.W_in.reshape(K * two_p, hidden)
+        pre = (W[rows_a] + W[rows_b]).view(K, B, hidden)
+        h = pre.relu()
+        logits = torch.bmm(h, self.W_out)  # (K, B, p)
+        target = y.unsqueeze(-1)
+        # ties aside (measure zero), "the right logit is the largest" is argmax == y, 5x cheaper
+        correct = (logits.gather(-1, target) >= logits.amax(-1, keepdim=True)).sum((1, 2))
+        logp = logits.log_softmax(-1)
+        loss = -logp.gather(-1, target).mean((1, 2))
+        d_logits = logp.exp_().scatter_add_(-1, target, torch.full_like(target, -1, dtype=logp.dtype))
+        d_logits /= B
+        torch.bmm(h.transpose(1, 2), d_logits, out=self.W_out.grad)
+        d_pre = torch.ops.aten.threshold_backward(torch.bmm(d_logits, self.W_out.transpose(1, 2)), h, 0)
+        d_pre = d_pre.reshape(K * B, hidden)
+        dW_in = self.W_in.grad.view(K * two_p, hidden).zero_()
+        dW_in.index_add_(0, rows_a, d_pre).index_add_(0, rows_b, d_pre)
+        return loss, correct

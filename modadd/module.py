@@ -1,0 +1,145 @@
+"""The LightningModule: AdamW on cross-entropy, one Lightning step per epoch.
+
+Lightning costs about as much per step as this model's whole forward and backward pass, so
+`training_step` receives the whole training split (already on the device) and runs the
+epoch's minibatches itself (manual optimisation): same semantics as the seed's loop (one
+AdamW update per minibatch of `batch_size`, last batch partial), Lightning's overhead paid
+once per epoch. Each member of the stack draws its own fresh order every epoch, seeded by
+(seed, member, epoch) so a resumed run replays the same order.
+
+The epoch's metrics go to `self.epoch_metrics`; callbacks add their own and the `EpochLog`
+callback writes the row to metrics.csv and to every logger once (no per-step `self.log`).
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from modadd.model import MLPStack
+
+
+class GrokModule(L.LightningModule):
+    """K members (`members`, seeds seed..seed+K-1) of `2p -> hidden -> p` trained side by side.
+
+    `fast=True` uses the hand-written backward and the fused AdamW kernel; `fast=False` is
+    plain autograd + `torch.optim.AdamW`, the reference the fast path is tested against.
+    """
+
+    def __init__(
+        self,
+        p: int,
+        hidden: int,
+        lr: float,
+        weight_decay: float,
+        batch_size: int,
+        seed: int,
+        betas: tuple[float, float] = (0.9, 0.999),
+        members: int = 1,
+        shuffle: bool = True,
+        fast: bool = True,
+    ):
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.automatic_optimization = False
+        self.net = MLPStack.init(p, hidden, [seed + k for k in range(members)])
+        self.epoch_metrics: dict[str, float] = {}
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        hp = self.hparams
+        return torch.optim.AdamW(
+            self.net.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas), fused=hp.fast
+        )
+
+    def epoch_order(self, n: int, epoch: int) -> Tensor:
+        """`(K, n)` permutations of the training rows for this epoch (identity if not shuffling)."""
+        K = self.net.members
+        if not self.hparams.shuffle:
+            return torch.arange(n, device=self.device).expand(K, n)
+        orders = []
+        for k in range(K):
+            g = torch.Generator().manual_seed((self.hparams.seed + k) * 1_000_003 + epoch)
+            orders.append(torch.randperm(n, generator=g))
+        return torch.stack(orders).to(self.device)
+
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+        a, b, y = batch
+        order = self.epoch_order(len(y), self.current_epoch)
+        a, b, y = a[order], b[order], y[order]  # (K, n)
+        opt = self.optimizers().optimizer
+        step = self._fast_step if self.hparams.fast else self._autograd_step
+        loss_sum = torch.zeros(self.net.members, device=self.device)
+        correct = torch.zeros(self.net.members, dtype=torch.long, device=self.device)
+        n_batches = 0
+        for i in range(0, len(batch[2]), self.hparams.batch_size):
+            s = slice(i, i + self.hparams.batch_size)
+            loss, right = step(opt, a[:, s], b[:, s], y[:, s])
+            loss_sum += loss
+            correct += right
+            n_batches += 1
+        self._record("train", loss_sum / n_batches, correct / len(batch[2]))
+
+    def _fast_step(self, opt: torch.optim.Optimizer, a: Tensor, b: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        loss, correct = self.net.backward(a, b, y)
+        fused_adamw_step(opt)
+        return loss, correct
+
+    def _autograd_step(self, opt: torch.optim.Optimizer, a: Tensor, b: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        opt.zero_grad()
+        logits = self.net(a, b)
+        loss = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(1)
+        loss.sum().backward()  # members are independent: the sum's gradient is each one's own
+        opt.step()
+        return loss.detach(), (logits.argmax(-1) == y).sum(1)
+
+    @torch.no_grad()
+    def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+        a, b, y = batch
+        logits = self.net(a, b)  # (K, n, p)
+        loss = F.cross_entropy(logits.transpose(1, 2), y.expand(self.net.members, -1), reduction="none").mean(1)
+        self._record("val", loss, (logits.argmax(-1) == y).float().mean(1))
+
+    def _record(self, split: str, loss: Tensor, acc: Tensor) -> None:
+        """Per-member values under `{split}/loss_m{k}`; their mean (and std) under `{split}/loss`."""
+        values = torch.stack([loss, acc.float()]).tolist()  # one device sync per split and epoch
+        for name, per_member in zip(("loss", "acc"), values):
+            t = torch.tensor(per_member)
+            self.epoch_metrics[f"{split}/{name}"] = t.mean().item()
+            if len(per_member) > 1:
+                self.epoch_metrics[f"{split}/{name}_std"] = t.std().item()
+                self.epoch_metrics.update({f"{split}/{name}_m{k}": v for k, v in enumerate(per_member)})
+
+
+def fused_adamw_step(opt: torch.optim.AdamW) -> None:
+    """`opt.step()` for a `fused=True` AdamW without its ~65 us of Python per call.
+
+    Calls the same kernel on the same state as `torch.optim.adamw._fused_adamw` (so checkpoints
+    and results are those of `opt.step()`); the first call goes through `opt.step()` to create
+    the state.
+    """
+    group = opt.param_groups[0]
+    params = group["params"]
+    states = [opt.state[p] for p in params]
+    if not states[0]:
+        opt.step()
+        return
+    steps = [s["step"] for s in states]
+    torch._foreach_add_(steps, 1)
+    beta1, beta2 = group["betas"]
+    torch._fused_adamw_(
+        params,
+        [p.grad for p in params],
+        [s["exp_avg"] for s in states],
+        [s["exp_avg_sq"] for s in states],
+        [],
+        steps,
+        lr=group["lr"],
+        beta1=beta1,
+        beta2=beta2,
+        weight_decay=group["weight_decay"],
+        eps=group["eps"],
+        amsgrad=False,
+        maximize=False,
+    )

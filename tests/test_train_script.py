@@ -1,0 +1,70 @@
+"""train.py end to end, as a user runs it (W&B offline)."""
+
+import json
+
+import pytest
+import torch
+
+from modadd.callbacks import read_metrics
+from modadd.data import all_pairs, labels, one_hot, split
+from modadd.model import MLP
+
+from conftest import FAST_GROK, run_script, wandb_inspect
+
+pytestmark = pytest.mark.slow
+
+
+def test_small_config_trains_to_full_validation_accuracy(tmp_out):
+    run = tmp_out / "run"
+    run_script("train.py", *FAST_GROK, f"hydra.run.dir={run}")
+    for name in (".hydra/config.yaml", "metrics.csv", "checkpoints/last.ckpt", "model.pt", "summary.json", "train.log"):
+        assert (run / name).exists(), name
+    rows = read_metrics(run / "metrics.csv")
+    assert [r["epoch"] for r in rows] == list(range(250))
+    assert {"train/loss", "train/acc", "val/loss", "val/acc"} <= set(rows[0])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["final"]["val/acc"] == 1.0
+    assert summary["grokking"]["val_epoch"] is not None
+
+    # the saved model is the seed's layout; evaluated independently on the validation pairs
+    mlp = MLP(31, 128)
+    mlp.load_state_dict(torch.load(run / "model.pt"))
+    a, b = all_pairs(31)
+    _, val = split(31, 0.9, seed=1337)
+    pred = mlp(one_hot(a[val], b[val], 31)).argmax(1)
+    assert torch.equal(pred, labels(a[val], b[val], 31))
+
+
+def test_users_sweep_command_makes_six_jobs_with_their_files_and_wandb_runs(tmp_out):
+    sweep = tmp_out / "sweep"
+    run_script("train.py", "-m", "hidden=64,100,256", "weight_decay=0.1,0.5", "p=11", "epochs=3", f"hydra.sweep.dir={sweep}")
+    jobs = sorted(d for d in sweep.iterdir() if d.is_dir())
+    expected = {f"epochs=3,hidden={h},p=11,weight_decay={wd}" for h in (64, 100, 256) for wd in (0.1, 0.5)}
+    assert {j.name for j in jobs} == expected
+    run_ids = set()
+    for job in jobs:
+        for name in (".hydra/overrides.yaml", "metrics.csv", "checkpoints/last.ckpt", "model.pt", "summary.json"):
+            assert (job / name).exists(), f"{job.name}/{name}"
+        assert len(read_metrics(job / "metrics.csv")) == 3
+        w = wandb_inspect(job)
+        run_ids.add(w["run_id"])
+        assert w["state"] == "finished" and w["exit_code"] == 0
+        assert w["name"] == job.name
+        assert w["run"]["run_group"] == str(sweep)
+        assert {"train/loss", "train/acc", "val/loss", "val/acc", "epoch"} <= set(w["summary"])
+        assert w["summary"]["epoch"] == 2 and w["summary"]["status"] == "ok"
+        hidden = int(job.name.split("hidden=")[1].split(",")[0])
+        assert w["config"]["hidden"] == hidden and w["config"]["model"]["hidden"] == hidden
+    assert len(run_ids) == 6  # one W&B run per job, none reused
+
+
+def test_csv_logger_choice_runs_without_wandb(tmp_out):
+    run = tmp_out / "run"
+    run_script("train.py", "p=7", "hidden=8", "epochs=2", "logger=csv", f"hydra.run.dir={run}")
+    assert not (run / "wandb").exists()
+    assert len(read_metrics(run / "metrics.csv")) == 2
+
+
+def test_cfg_job_prints_the_composed_config():
+    out = run_script("train.py", "--cfg", "job", "hidden=64").stdout
+    assert "hidden: 64" in out and "weight_decay: 0.5" in out and "_target_: lightning.Trainer" in out
