@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from modadd.callbacks import EpochLog, read_metrics
+from modadd.config import validate
 from modadd.grokking import grokking_epochs
 from modadd.module import GrokModule
 from modadd.tracking import finish_run
@@ -28,6 +29,7 @@ log = logging.getLogger("modadd")
 
 def train(cfg: DictConfig) -> float:
     """Run the job described by `cfg`; returns the final validation accuracy (mean over members)."""
+    validate(cfg)
     out = Path(HydraConfig.get().runtime.output_dir)
     try:
         summary = _fit(cfg, out)
@@ -39,17 +41,27 @@ def train(cfg: DictConfig) -> float:
     return summary["final"].get("val/acc", math.nan)
 
 
-def _fit(cfg: DictConfig, out: Path) -> dict:
-    data: L.LightningDataModule = instantiate(cfg.data)
-    module: GrokModule = instantiate(cfg.model)
+def build(cfg: DictConfig) -> tuple[L.Trainer, GrokModule, L.LightningDataModule]:
+    """The configured trainer (with its loggers and callbacks), module and data.
+
+    The loggers come first and get the config at once, so a job that fails later (a bad
+    trainer setting, say) is still a W&B run, marked failed.
+    """
     loggers = [instantiate(c) for c in (cfg.logger or {}).values()]
-    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
-    callbacks.sort(key=lambda c: isinstance(c, EpochLog))  # the row is written after all others add to it
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     config = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
         logger.log_hyperparams(config)
+    data: L.LightningDataModule = instantiate(cfg.data)
+    module: GrokModule = instantiate(cfg.model)
+    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
+    callbacks.sort(key=lambda c: isinstance(c, EpochLog))  # the row is written after all others add to it
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    return trainer, module, data
 
+
+def _fit(cfg: DictConfig, out: Path) -> dict:
+    trainer, module, data = build(cfg)
+    loggers = trainer.loggers
     last = out / "checkpoints" / "last.ckpt"
     resume = last if last.exists() else None
     if resume:

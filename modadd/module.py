@@ -13,12 +13,17 @@ callback writes the row to metrics.csv and to every logger once (no per-step `se
 
 from __future__ import annotations
 
+import logging
+import math
+
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from modadd.model import MLPStack
+
+log = logging.getLogger("modadd")
 
 
 class GrokModule(L.LightningModule):
@@ -66,32 +71,36 @@ class GrokModule(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
         a, b, y = batch
-        order = self.epoch_order(len(y), self.current_epoch)
+        n = len(y)
+        order = self.epoch_order(n, self.current_epoch)
         a, b, y = a[order], b[order], y[order]  # (K, n)
-        opt = self.optimizers().optimizer
-        step = self._fast_step if self.hparams.fast else self._autograd_step
+        starts = range(0, n, self.hparams.batch_size)
         loss_sum = torch.zeros(self.net.members, device=self.device)
         correct = torch.zeros(self.net.members, dtype=torch.long, device=self.device)
-        n_batches = 0
-        for i in range(0, len(batch[2]), self.hparams.batch_size):
-            s = slice(i, i + self.hparams.batch_size)
-            loss, right = step(opt, a[:, s], b[:, s], y[:, s])
+        for i, start in enumerate(starts):
+            s = slice(start, start + self.hparams.batch_size)
+            loss, right = self._update(a[:, s], b[:, s], y[:, s], last=i == len(starts) - 1)
             loss_sum += loss
             correct += right
-            n_batches += 1
-        self._record("train", loss_sum / n_batches, correct / len(batch[2]))
+        self._record("train", loss_sum / len(starts), correct / n)
+        if not math.isfinite(self.epoch_metrics["train/loss"]):
+            log.warning("training loss is %s at epoch %d: stopping (diverged)", self.epoch_metrics["train/loss"], self.current_epoch)
+            self.trainer.should_stop = True
 
-    def _fast_step(self, opt: torch.optim.Optimizer, a: Tensor, b: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        loss, correct = self.net.backward(a, b, y)
-        fused_adamw_step(opt)
-        return loss, correct
-
-    def _autograd_step(self, opt: torch.optim.Optimizer, a: Tensor, b: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    def _update(self, a: Tensor, b: Tensor, y: Tensor, last: bool) -> tuple[Tensor, Tensor]:
+        """One AdamW update on one minibatch per member. The epoch's last update goes through
+        Lightning's optimizer wrapper, so `trainer.global_step` counts epochs (checkpointing
+        keys on it); the others skip the wrapper's per-call overhead."""
+        opt = self.optimizers()
+        if self.hparams.fast:
+            loss, correct = self.net.backward(a, b, y)
+            opt.step() if last else fused_adamw_step(opt.optimizer)
+            return loss, correct
         opt.zero_grad()
         logits = self.net(a, b)
         loss = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(1)
         loss.sum().backward()  # members are independent: the sum's gradient is each one's own
-        opt.step()
+        opt.step() if last else opt.optimizer.step()
         return loss.detach(), (logits.argmax(-1) == y).sum(1)
 
     @torch.no_grad()

@@ -1,0 +1,169 @@
+"""Training speed: the seed notebook's loop against modadd, side by side, in ms per epoch.
+
+    python benchmarks/bench_train.py                 # reference config, interleaved rounds
+    python benchmarks/bench_train.py --scaling       # + ms/epoch over p, hidden and members
+
+modadd is timed as `train.py` runs it (config composed from conf/, Lightning trainer,
+checkpoint every epoch, metrics.csv, W&B offline); the seed's loop is a faithful copy of the
+notebook's `train` (one-hot float inputs, autograd, torch.optim.AdamW, `.item()` per step).
+Rounds alternate between the two so that both see the same machine state; the figure is
+the median epoch time after a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from modadd.job import build
+from modadd.tracking import finish_run
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+WARMUP = 3
+
+
+# --- the seed notebook's loop (bussmann-mod-addition-code), kept as written ---------------
+class SeedMLP(torch.nn.Module):
+    def __init__(self, input_size, hidden_size, output_size):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(input_size, hidden_size, bias=False)
+        self.fc2 = torch.nn.Linear(hidden_size, output_size, bias=False)
+
+    def forward(self, x, val=False):
+        pre_relu = self.fc1(x)
+        post_relu = torch.nn.functional.relu(pre_relu)
+        x = self.fc2(post_relu)
+        return x, pre_relu, post_relu
+
+
+def seed_data(p: int, device: str):
+    data_set = np.zeros((p * p, 2 * p))
+    labels = np.zeros((p * p, p))
+    for number1 in range(p):
+        for number2 in range(p):
+            data_set[number1 * p + number2][number1] = 1
+            data_set[number1 * p + number2][number2 + p] = 1
+            labels[number1 * p + number2][(number1 + number2) % p] = 1
+    shuffle = np.random.RandomState(1337).permutation(p * p)
+    data_set, labels = data_set[shuffle], labels[shuffle]
+    n = int(0.8 * p * p)
+    t = lambda x: torch.from_numpy(x).float().to(device)  # noqa: E731
+    return t(data_set[:n]), t(labels[:n]), t(data_set[n:]), t(labels[n:])
+
+
+def seed_loop(p: int, hidden: int, epochs: int, device: str) -> list[float]:
+    """The notebook's `train`, timed per epoch (its per-epoch print goes to a buffer)."""
+    train_data, train_labels, val_data, val_labels = seed_data(p, device)
+    torch.manual_seed(1337)
+    model = SeedMLP(2 * p, hidden, p).to(device)
+    optimzer = torch.optim.AdamW(model.parameters(), lr=0.003, weight_decay=0.5)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    batch_size, times = 128, []
+    running_train_loss = 0
+    with contextlib.redirect_stdout(io.StringIO()):
+        for epoch in range(epochs):
+            start = time.perf_counter()
+            model.train()
+            correct_train_preds = 0
+            total_train_preds = 0
+            for batch in range(0, len(train_data), batch_size):
+                optimzer.zero_grad()
+                output, pre_relu, post_relu = model(train_data[batch : batch + batch_size])
+                loss = loss_fn(output, torch.argmax(train_labels[batch : batch + batch_size], axis=1))
+                running_train_loss += loss.item()
+                preds = torch.argmax(output, axis=1)
+                correct_train_preds += (preds == torch.argmax(train_labels[batch : batch + batch_size], axis=1)).sum().item()
+                total_train_preds += len(preds)
+                loss.backward()
+                optimzer.step()
+            model.eval()
+            output, _, _ = model(val_data, val=True)
+            val_loss = loss_fn(output, torch.argmax(val_labels, axis=1)).item()
+            val_preds = torch.argmax(output, axis=1)
+            correct_val_preds = (val_preds == torch.argmax(val_labels, axis=1)).sum().item()
+            avg_train_loss = running_train_loss / (len(train_data) / batch_size)
+            print(epoch, avg_train_loss, val_loss, correct_train_preds / total_train_preds, correct_val_preds / len(val_preds))
+            running_train_loss = 0
+            times.append(time.perf_counter() - start)
+    return times
+
+
+# --- modadd, as train.py runs it -----------------------------------------------------------
+class _EpochTimer(L.Callback):
+    def __init__(self):
+        self.stamps: list[float] = []
+
+    def on_train_epoch_start(self, trainer, module):
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, module):
+        self.stamps.append(time.perf_counter() - self.start)
+
+
+def modadd_run(overrides: list[str], epochs: int) -> list[float]:
+    """Epoch times of train.py's objects for `overrides` (each epoch: training, validation,
+    checkpoint, metrics row; the timer runs last so every callback's work is counted)."""
+    with tempfile.TemporaryDirectory() as out, initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[*overrides, f"epochs={epochs}", "progress_every=1000000"], return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = out
+            cfg.hydra.job.override_dirname = "bench"
+        HydraConfig.instance().set_config(cfg)
+        trainer, module, data = build(cfg)
+        timer = _EpochTimer()
+        trainer.callbacks.append(timer)
+        trainer.fit(module, datamodule=data)
+        finish_run()
+    return timer.stamps
+
+
+def ms(times: list[float], warmup: int = WARMUP) -> float:
+    """Median epoch time in ms, start-up epochs excluded."""
+    return 1000 * statistics.median(times[warmup:])
+
+
+def compare(rounds: int, epochs: int, device: str) -> None:
+    seed, ours = [], []
+    for r in range(rounds):
+        seed += seed_loop(113, 100, epochs, device)[WARMUP:]
+        ours += modadd_run([], epochs)[WARMUP:]
+        print(f"round {r + 1}/{rounds}: seed {ms(seed, 0):.1f} ms/epoch, modadd {ms(ours, 0):.1f} ms/epoch")
+    s, o = ms(seed, 0), ms(ours, 0)
+    print(f"\nreference config (p=113, hidden=100, batch 128), {rounds} x {epochs} epochs each, torch threads {torch.get_num_threads()}")
+    print(f"| seed loop | modadd train.py | speed-up |\n|---|---|---|\n| {s:.1f} ms/epoch | {o:.1f} ms/epoch | {s / o:.2f}x |")
+
+
+def scaling(epochs: int) -> None:
+    print("\n| p | hidden | members | ms/epoch | ms/epoch per member |\n|---|---|---|---|---|")
+    grid = [(p, h, 1) for p in (31, 61, 113, 227) for h in (64, 256, 1024)] + [(113, 100, k) for k in (1, 2, 4, 8)]
+    for p, hidden, k in grid:
+        t = ms(modadd_run([f"p={p}", f"hidden={hidden}", f"members={k}", "logger=csv"], epochs))
+        print(f"| {p} | {hidden} | {k} | {t:.1f} | {t / k:.1f} |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of seed loop / modadd")
+    parser.add_argument("--epochs", type=int, default=40, help="epochs per round")
+    parser.add_argument("--scaling", action="store_true", help="also time the p x hidden and members grids")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    compare(args.rounds, args.epochs, args.device)
+    if args.scaling:
+        scaling(max(args.epochs // 2, WARMUP + 5))
+
+
+if __name__ == "__main__":
+    main()

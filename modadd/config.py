@@ -1,0 +1,108 @@
+"""Config checks that run before any work: a typo in an overnight sweep fails in a second.
+
+`preflight(argv)` composes every job of the command line (each combination of a `-m` sweep)
+with Hydra's own parser and checks it, before Hydra creates a directory or a W&B run opens;
+`validate(cfg)` is the check itself (also run at the start of every job, whatever launched it).
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+class ConfigError(ValueError):
+    """A config value outside its allowed range; the message is one line naming the field."""
+
+
+def _int(v: object) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _num(v: object) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+# field -> (check, allowed range as the error message states it)
+RULES: dict[str, tuple[Callable[[object], bool], str]] = {
+    "p": (lambda v: _int(v) and v >= 2, "an integer >= 2"),
+    "hidden": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "lr": (lambda v: _num(v) and v > 0, "a number > 0"),
+    "weight_decay": (lambda v: _num(v) and v >= 0, "a number >= 0"),
+    "batch_size": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "epochs": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "train_fraction": (lambda v: _num(v) and 0 < v < 1, "a number in (0, 1)"),
+    "seed": (_int, "an integer"),
+    "members": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "betas": (lambda v: len(v) == 2 and all(_num(b) and 0 <= b < 1 for b in v), "two numbers in [0, 1)"),
+    "shuffle": (lambda v: isinstance(v, bool), "true or false"),
+    "progress_every": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+}
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise `ConfigError` for the first top-level knob outside its allowed range."""
+    for field, (ok, allowed) in RULES.items():
+        if field not in cfg:
+            continue
+        value = cfg[field]
+        try:
+            good = ok(value)
+        except TypeError:
+            good = False
+        if not good:
+            raise ConfigError(f"{field}={value!r} is invalid: {field} must be {allowed}")
+    n_train = int(cfg.train_fraction * cfg.p * cfg.p)
+    if not 1 <= n_train < cfg.p * cfg.p:
+        raise ConfigError(
+            f"train_fraction={cfg.train_fraction} leaves {n_train} of {cfg.p * cfg.p} pairs for training at "
+            f"p={cfg.p}: train_fraction must leave at least one pair in each split"
+        )
+
+
+def _one_line(err: Exception) -> str:
+    """Hydra's message, on one line, with the knobs listed when a key is unknown."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Could not override"):
+        return f"{lines[0]} It is not a config key; the top-level keys are {', '.join(RULES)}."
+    return " ".join(lines)
+
+
+def preflight(argv: list[str]) -> None:
+    """Compose and validate every job `train.py argv` would run; raise `ConfigError` if one is bad.
+
+    Leaves Hydra's own modes (`--cfg`, `--help`, ...) and a single run given sweep syntax to
+    Hydra, which reports those itself.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):
+        return
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
+    except HydraException as err:
+        raise ConfigError(_one_line(err)) from None
+    task = [o for o in overrides if not (o.key_or_group == "hydra" or o.key_or_group.startswith(("hydra.", "hydra/")))]
+    if not multirun and any(o.is_sweep_override() for o in task):
+        return
+    jobs = BasicSweeper.split_arguments(task, None)[0] if multirun else [[o.input_line for o in task]]
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        for job in jobs:
+            try:
+                cfg = compose("config", overrides=job)
+            except HydraException as err:
+                raise ConfigError(_one_line(err)) from None
+            try:
+                validate(cfg)
+            except ConfigError as err:
+                where = f" (in job {','.join(job)})" if multirun else ""
+                raise ConfigError(f"{err}{where}") from None
