@@ -1,0 +1,302 @@
+"""Cosine fits of the MLP's neurons and Fourier progress measures (Nanda et al.), in torch.
+
+Every weight vector of a grokked network is close to one cosine over Z_p: neuron n's input
+weights from a (`fc1[..., n, :p]`), from b (`fc1[..., n, p:]`) and its output weights
+(`fc2[..., :, n]`). `fit_cosines` fits `scale * cos(2*pi*freq*x/n + phase) + offset` to the
+last dim of any tensor with one `rfft`, so a whole stack of K networks is fitted at once.
+
+Phase convention. Here `phase = +angle(Y_k)` (Y = DFT of the vector), so `CosineFit.evaluate`
+reproduces the vector. The seed's `find_cosine` returns `-angle(Y_k)` and then evaluates
+`cos(2*pi*k*x/n + s)`, which reconstructs the mirror image x -> -x (mod n) of the weights:
+its phases are the negatives of ours. The phase-sum rule `phase_out = phase_a + phase_b` holds
+in both conventions, because x -> -x is an automorphism of addition mod p. (The seed also
+searches only k = 1..n//2 - 1, so for odd p it never finds the top frequency (p-1)/2; here
+k ranges over 1..n//2.)
+
+Weight layout (the seed's; leading dims `...`, e.g. a member dim K, are allowed everywhere):
+`fc1: (..., hidden, 2p)`, `fc2: (..., p, hidden)`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def wrap_phase(x: Tensor) -> Tensor:
+    """Angles wrapped into (-pi, pi]."""
+    r = math.pi - torch.remainder(math.pi - x, 2 * math.pi)
+    # remainder can round up to exactly 2*pi for tiny negative arguments
+    return torch.where(r <= -math.pi, r + 2 * math.pi, r)
+
+
+@dataclass
+class CosineFit:
+    """Best single cosine `scale * cos(2*pi*freq*x/n + phase) + offset` of vectors of length n.
+
+    All fields have shape `(...)`; `freq` is long in 1..n//2, `phase` in (-pi, pi], and `r2` is
+    the fraction of the variance about the mean that the cosine explains (0 for a constant
+    vector, whose `freq` and `phase` mean nothing).
+    """
+
+    freq: Tensor
+    phase: Tensor
+    scale: Tensor
+    offset: Tensor
+    r2: Tensor
+
+    def evaluate(self, n: int) -> Tensor:
+        """The fitted cosines sampled at x = 0..n-1: `(..., n)`."""
+        x = torch.arange(n, device=self.freq.device)
+        # reduce k*x mod n in integers so the angle stays exact for large k*x
+        angle = (2 * math.pi / n) * ((self.freq[..., None] * x) % n).to(self.scale.dtype)
+        return self.scale[..., None] * torch.cos(angle + self.phase[..., None]) + self.offset[..., None]
+
+    def _select(self, i: int) -> CosineFit:
+        """Index -2 of every field: splits a fit of stacked vector types `(..., 3, hidden)`."""
+        return CosineFit(*(getattr(self, f.name)[..., i, :] for f in fields(self)))
+
+
+def fit_cosines(y: Tensor) -> CosineFit:
+    """Fit one cosine along the last dim of `y: (..., n)` (real, n >= 2), all vectors at once.
+
+    The frequency is the k in 1..n//2 with the largest |Y_k| (ties: smallest k); the fitted
+    cosine is the vector's orthogonal projection onto frequency k, so by Parseval
+    r2 = w_k |Y_k|^2 / sum_{j>=1} w_j |Y_j|^2 exactly (= 1 - SS_res/SS_tot), with w = 2 for
+    ordinary bins and w = 1 for the real Nyquist bin k = n/2 (even n), where
+    scale = |Y_k|/n and phase is 0 or pi instead of scale = 2|Y_k|/n and phase = angle(Y_k).
+    """
+    n = y.shape[-1]
+    if n < 2:
+        raise ValueError(f"need vectors of length >= 2, got {n}")
+    Y = torch.fft.rfft(y, dim=-1)  # (..., n//2 + 1)
+    power = torch.view_as_real(Y).square().sum(dim=-1)
+    # n * SS_tot by Parseval: bins 0 < k < n/2 also stand for bin n-k (weight 2), Nyquist does not
+    ss_tot = 2 * power[..., 1:].sum(dim=-1)
+    if n % 2 == 0:
+        ss_tot = ss_tot - power[..., -1]
+
+    freq = power[..., 1:].argmax(dim=-1) + 1  # argmax returns the first maximum
+    Yk = torch.take_along_dim(Y, freq[..., None], dim=-1).squeeze(-1)
+    at_nyquist = 2 * freq == n
+    weight = 2 - at_nyquist.to(power.dtype)
+    magnitude = Yk.abs()
+    nyquist_phase = (Yk.real < 0).to(power.dtype) * math.pi  # the Nyquist bin is real
+    phase = torch.where(at_nyquist, nyquist_phase, torch.angle(Yk))
+    constant = (y == y[..., :1]).all(dim=-1)
+    r2 = torch.where(constant, 0.0, weight * magnitude.square() / torch.where(constant, 1.0, ss_tot))
+    scale = weight * magnitude / n
+    return CosineFit(freq=freq, phase=wrap_phase(phase), scale=scale, offset=y.mean(dim=-1), r2=r2)
+
+
+def _check_weights(fc1: Tensor, fc2: Tensor) -> int:
+    """p from `fc2: (..., p, hidden)`, after checking `fc1: (..., hidden, 2p)` matches it."""
+    p, hidden = fc2.shape[-2:]
+    if fc1.shape[-2:] != (hidden, 2 * p) or fc1.shape[:-2] != fc2.shape[:-2]:
+        raise ValueError(
+            f"fc1 {tuple(fc1.shape)} must be (..., hidden, 2p) for fc2 {tuple(fc2.shape)} = (..., p, hidden)"
+        )
+    return p
+
+
+def _neuron_vectors(fc1: Tensor, fc2: Tensor, p: int) -> Tensor:
+    """Each neuron's a, b and out weight vectors stacked: `(..., 3, hidden, p)`."""
+    return torch.stack([fc1[..., :p], fc1[..., p:], fc2.transpose(-1, -2)], dim=-3)
+
+
+@dataclass
+class NeuronFits:
+    """Cosine fits of every neuron's a-, b- and out-weights (fields `(..., hidden)`) over Z_p."""
+
+    a: CosineFit
+    b: CosineFit
+    out: CosineFit
+    p: int
+
+    def to_weights(self) -> tuple[Tensor, Tensor]:
+        """The network with every weight vector replaced by its cosine: `fc1: (..., hidden, 2p)`,
+        `fc2: (..., p, hidden)` (the seed's `forward_with_replaced_weights` for all neurons)."""
+        fc1 = torch.cat([self.a.evaluate(self.p), self.b.evaluate(self.p)], dim=-1)
+        return fc1, self.out.evaluate(self.p).transpose(-1, -2)
+
+    def table(self) -> dict[str, Tensor]:
+        """Per-neuron columns `(..., hidden)` named `<field>_<a|b|out>`, e.g. for a CSV file."""
+        return {
+            f"{f.name}_{kind}": getattr(fit, f.name)
+            for kind, fit in (("a", self.a), ("b", self.b), ("out", self.out))
+            for f in fields(fit)
+        }
+
+
+def fit_neurons(fc1: Tensor, fc2: Tensor) -> NeuronFits:
+    """Fit all neurons' three weight vectors with a single `fit_cosines` call."""
+    p = _check_weights(fc1, fc2)
+    fit = fit_cosines(_neuron_vectors(fc1, fc2, p))
+    return NeuronFits(a=fit._select(0), b=fit._select(1), out=fit._select(2), p=p)
+
+
+def _weighted_counts(freq: Tensor, bins: int, weight: Tensor) -> Tensor:
+    """Sum of `weight` per value of `freq: (..., hidden)` -> `(..., bins)`, a batched bincount."""
+    counts = torch.zeros(*freq.shape[:-1], bins, dtype=weight.dtype, device=freq.device)
+    return counts.scatter_add_(-1, freq, weight)
+
+
+def freq_counts(freq: Tensor, p: int) -> Tensor:
+    """Number of neurons at each frequency: `freq: (..., hidden)` -> `(..., p//2 + 1)`, index k."""
+    return _weighted_counts(freq, p // 2 + 1, torch.ones_like(freq))
+
+
+def fit_statistics(fits: NeuronFits) -> dict[str, Tensor]:
+    """Summaries over the hidden dim, each of shape `(...)`.
+
+    `frac_same_freq`: share of neurons whose a, b and out frequencies agree (the "clean"
+    neurons). `phase_sum_error_median`: median over clean neurons of
+    |wrap(phase_out - phase_a - phase_b)| (NaN if none is clean). `r2_mean_{a,b,out}`: mean
+    r2. `scale_ratio_mean`: mean of scale_a / scale_b. `distinct_freqs`: number of distinct
+    out-frequencies among clean neurons, or among all neurons if none is clean.
+    """
+    a, b, out = fits.a, fits.b, fits.out
+    same = (a.freq == b.freq) & (b.freq == out.freq)
+    error = wrap_phase(out.phase - a.phase - b.phase).abs()
+    error = torch.where(same, error, torch.nan)
+    bins = fits.p // 2 + 1
+    clean_counts = _weighted_counts(out.freq, bins, same.long())
+    all_counts = _weighted_counts(out.freq, bins, torch.ones_like(out.freq))
+    counts = torch.where(same.any(dim=-1, keepdim=True), clean_counts, all_counts)
+    return {
+        "frac_same_freq": same.to(a.phase.dtype).mean(dim=-1),
+        "phase_sum_error_median": torch.nanquantile(error, 0.5, dim=-1),
+        "r2_mean_a": a.r2.mean(dim=-1),
+        "r2_mean_b": b.r2.mean(dim=-1),
+        "r2_mean_out": out.r2.mean(dim=-1),
+        "scale_ratio_mean": (a.scale / b.scale).mean(dim=-1),
+        "distinct_freqs": (counts > 0).sum(dim=-1),
+    }
+
+
+def key_frequencies(fits: NeuronFits, min_share: float = 0.05) -> Tensor:
+    """Sorted out-frequencies (long, 1-D) of at least `min_share` of all neurons.
+
+    Only for one network (fields `(hidden,)`): a stack would give ragged results, so it raises;
+    fit or index the members one at a time.
+    """
+    freq = fits.out.freq
+    if freq.dim() != 1:
+        raise ValueError(f"key_frequencies takes one network's fits, got freq {tuple(freq.shape)}")
+    counts = freq_counts(freq, fits.p)
+    share = counts.double() / freq.numel()
+    return torch.nonzero((counts > 0) & (share >= min_share)).squeeze(-1)
+
+
+def weight_norms(fc1: Tensor, fc2: Tensor) -> dict[str, Tensor]:
+    """Frobenius norms `(...)` of `fc1`, `fc2` and both together (`total`)."""
+    n1 = torch.linalg.matrix_norm(fc1)
+    n2 = torch.linalg.matrix_norm(fc2)
+    return {"total": torch.hypot(n1, n2), "fc1": n1, "fc2": n2}
+
+
+def fourier_norms(fc1: Tensor, fc2: Tensor) -> Tensor:
+    """Norm of all weights at each frequency over Z_p: `(..., p//2 + 1)`, index k.
+
+    Entry k is the norm of the projection of all neurons' a, b and out vectors onto frequency
+    k (cos and sin together): sqrt(w_k sum |Y_k|^2 / p) over neurons and vector types, with
+    w = 2 except w = 1 at k = 0 (and k = p/2 for even p). So by Parseval the squares sum to
+    `weight_norms(...)["total"]**2`. For sparsity use `gini` / `ipr` of `[..., 1:]` (k = 0 is
+    the constant, not a wave).
+    """
+    p = _check_weights(fc1, fc2)
+    Y = torch.fft.rfft(_neuron_vectors(fc1, fc2, p), dim=-1)  # (..., 3, hidden, p//2 + 1)
+    power = (Y.real.square() + Y.imag.square()).sum(dim=(-3, -2))
+    k = torch.arange(power.shape[-1], device=power.device)
+    weight = torch.where((k == 0) | (2 * k == p), 1.0, 2.0).to(power.dtype)
+    return (weight * power / p).sqrt()
+
+
+def gini(x: Tensor) -> Tensor:
+    """Gini coefficient `(...)` of non-negative `x: (..., m)`: sum_ij |x_i - x_j| / (2 m sum x).
+
+    0 for a uniform vector, (m-1)/m for a one-hot one; 0 for an all-zero vector.
+    """
+    m = x.shape[-1]
+    xs = x.sort(dim=-1).values
+    rank = torch.arange(1, m + 1, device=x.device, dtype=x.dtype)
+    total = xs.sum(dim=-1)
+    g = 2 * (rank * xs).sum(dim=-1) / (m * torch.where(total > 0, total, 1.0)) - (m + 1) / m
+    return torch.where(total > 0, g, 0.0)
+
+
+def ipr(x: Tensor) -> Tensor:
+    """Inverse participation ratio `(...)` of amplitudes `x: (..., m)`.
+
+    The values are normalised to unit L2 norm, v = x / ||x||_2 (so v^2 is a distribution over
+    the m entries), and IPR = sum v^4 = sum x^4 / (sum x^2)^2: 1/m when uniform, 1 when one-hot;
+    1/IPR is the effective number of active entries. 0 for an all-zero vector.
+    """
+    sq = x.square()
+    total = sq.sum(dim=-1)
+    positive = total > 0
+    return torch.where(positive, sq.square().sum(dim=-1) / torch.where(positive, total, 1.0).square(), 0.0)
+
+
+def all_pairs_logits(fc1: Tensor, fc2: Tensor) -> Tensor:
+    """Logits `(..., p*p, p)` for every input pair, row a*p + b.
+
+    A one-hot input selects fc1 column a and column p + b, so the hidden pre-activation of pair
+    (a, b) is their sum: one broadcast add builds all p*p of them without a one-hot matmul.
+    """
+    p = _check_weights(fc1, fc2)
+    w_a = fc1[..., :p].transpose(-1, -2)  # (..., p, hidden)
+    w_b = fc1[..., p:].transpose(-1, -2)
+    pre = w_a[..., :, None, :] + w_b[..., None, :, :]  # (..., p, p, hidden)
+    hidden = pre.relu_().flatten(-3, -2)  # (..., p*p, hidden)
+    return hidden @ fc2.transpose(-1, -2)
+
+
+def restricted_excluded_loss(logits: Tensor, key_freqs: Tensor) -> tuple[Tensor, Tensor]:
+    """Nanda et al.'s restricted and excluded losses `(...)` over all p*p pairs.
+
+    `logits: (..., p*p, p)` as from `all_pairs_logits`; `key_freqs`: distinct k in 1..p//2.
+    Restricted keeps only the logits' components along cos(w_k(a+b-c)) and sin(w_k(a+b-c)),
+    w_k = 2*pi*k/p, for the key k (the orthogonal projection over the full (a, b, c) grid);
+    excluded is the logits minus those components. Labels are (a+b) mod p.
+
+    The directions depend on d = (a+b-c) mod p only, so <L, u> = sum_d N[d] u(d) with N[d] the
+    sum of L over the class d: N comes from two index_adds (over pairs with equal (a+b) mod p,
+    then over d) and all inner products from one rfft of N. The directions are orthogonal with
+    squared norm p^3/2 (p^3 for cos at k = p/2, even p). The restricted logits depend on the
+    pair only through s = (a+b) mod p, which is also the label, so their loss is computed on
+    the p x p table. The constant (k = 0) is never included: cross-entropy is invariant to
+    adding a constant per (a, b) row, so a mean term would not change either loss.
+    """
+    p = logits.shape[-1]
+    if logits.shape[-2] != p * p:
+        raise ValueError(f"logits {tuple(logits.shape)} must be (..., p*p, p)")
+    keys = key_freqs.to(device=logits.device, dtype=torch.long)
+    out_of_range = ((keys < 1) | (keys > p // 2)).any()
+    if keys.dim() != 1 or out_of_range or keys.unique().numel() != keys.numel():
+        raise ValueError(f"key_freqs must be distinct frequencies in 1..{p // 2}, got {key_freqs}")
+
+    x = torch.arange(p, device=logits.device)
+    labels = ((x[:, None] + x[None, :]) % p).flatten()  # (p*p,) s = (a+b) mod p of row a*p + b
+    diff = (x[:, None] - x[None, :]) % p  # (p, p): d = (s - c) mod p
+    batch = logits.shape[:-2]
+    by_sum = logits.new_zeros(*batch, p, p).index_add_(-2, labels, logits)  # (..., s, c)
+    N = logits.new_zeros(*batch, p).index_add_(-1, diff.flatten(), by_sum.flatten(-2))
+    C = torch.fft.rfft(N, dim=-1)[..., keys]  # (..., K): sum_d N[d] exp(-i w_k d)
+    inv_norm = (2 - (2 * keys == p).to(N.dtype)) / p**3
+    angle = (2 * math.pi / p) * ((keys[:, None] * x) % p).to(N.dtype)  # (K, p)
+    # component along cos + along sin = Re(C_k exp(i w_k d)) / |u|^2
+    r = (C.real * inv_norm) @ torch.cos(angle) - (C.imag * inv_norm) @ torch.sin(angle)  # (..., d)
+    restricted = r[..., diff]  # (..., s, c); each s is the label of exactly p pairs
+    restricted_loss = -F.log_softmax(restricted, dim=-1).diagonal(dim1=-2, dim2=-1).mean(dim=-1)
+    # row a*p + b needs restricted[(a+b) mod p]: for each a, rows a..a+p-1 of the doubled table
+    doubled = torch.cat([restricted, restricted], dim=-2)  # (..., 2p, c)
+    windows = doubled.unfold(-2, p, 1)[..., :p, :, :]  # (..., a, c, b)
+    excluded = (logits.unflatten(-2, (p, p)) - windows.transpose(-1, -2)).flatten(-3, -2)
+    logp = F.log_softmax(excluded, dim=-1)
+    excluded_loss = -logp.gather(-1, labels[:, None].expand(*batch, p * p, 1)).mean(dim=(-2, -1))
+    return restricted_loss, excluded_loss
