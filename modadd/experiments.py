@@ -1,0 +1,157 @@
+"""Bussmann's experiments on the cosine algorithm, as plain functions on weight tensors.
+
+The post hypothesises that neuron n computes relu(cos(w a + phi_a) + cos(w b + phi_b)) with
+w = 2*pi*k/p and writes cos(w c + phi_a + phi_b) to output c: the product-to-sum term
+cos(w (a+b) + phi_a + phi_b) of the activation lines up with the output weights exactly when
+c = a + b. Experiment 2 (`replacement_curve`) swaps trained neurons for their cosine fits,
+experiment 3 (`random_cosine_curve`) builds networks from random cosine neurons alone, and
+`frequency_ablation` removes the neurons of one frequency at a time.
+
+Weight layout (the seed's), leading dims `...` allowed everywhere: `fc1: (..., hidden, 2p)`,
+`fc2: (..., p, hidden)`. Phases follow `modadd.fourier`'s convention (the fitted cosine
+reproduces the weights); the phase-sum rule holds in the seed's mirrored convention too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from modadd.fourier import CosineFit, NeuronFits, all_pairs_logits, fit_neurons
+
+FRACTIONS = tuple(i / 10 for i in range(11))
+NEURONS = (16, 32, 64, 128, 256, 512)
+
+
+@torch.no_grad()
+def accuracy_all_pairs(fc1: Tensor, fc2: Tensor, max_bytes: int = 2**27) -> Tensor:
+    """Accuracy `(...)` over all p*p pairs against the label (a + b) mod p.
+
+    The networks are evaluated in chunks of the flattened leading dims, each chunk holding at
+    most `max_bytes` of activations (one network, p*p*(hidden + p) elements, is never split),
+    so a stack of thousands of variants needs no more memory than a few. A prediction is
+    `argmax` (ties go to the smallest class), so constant logits score exactly 1/p.
+    """
+    p, hidden = fc2.shape[-2:]
+    batch = fc2.shape[:-2]
+    if fc1.shape != (*batch, hidden, 2 * p):
+        raise ValueError(f"fc1 {tuple(fc1.shape)} must be (..., hidden, 2p) for fc2 {tuple(fc2.shape)}")
+    x = torch.arange(p, device=fc2.device)
+    labels = ((x[:, None] + x[None, :]) % p).flatten()  # (p*p,), row a*p + b
+    chunk = max(1, max_bytes // (p * p * (hidden + p) * fc2.element_size()))
+    correct = [
+        (all_pairs_logits(w1, w2).argmax(dim=-1) == labels).sum(dim=-1)
+        for w1, w2 in zip(fc1.reshape(-1, hidden, 2 * p).split(chunk), fc2.reshape(-1, p, hidden).split(chunk))
+    ]
+    return (torch.cat(correct) / (p * p)).reshape(batch)
+
+
+def replace_with_fits(fc1: Tensor, fc2: Tensor, fits: NeuronFits, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """The seed's `forward_with_replaced_weights` as weights: neurons where `mask` is True get
+    their a-, b- and out-weights replaced by the fitted cosines (offsets included). Unlike the
+    seed's, these cosines reproduce the weights, not their mirror image x -> -x.
+
+    `mask: (..., hidden)` bool broadcasts against the networks' `(..., hidden)`, so a stack of
+    masks `(V, 1, ..., 1, hidden)` gives V variants of every network at once:
+    `fc1: (V, ..., hidden, 2p)`, `fc2: (V, ..., p, hidden)`.
+    """
+    fit1, fit2 = fits.to_weights()
+    return torch.where(mask[..., None], fit1, fc1), torch.where(mask[..., None, :], fit2, fc2)
+
+
+@torch.no_grad()
+def replacement_curve(
+    fc1: Tensor, fc2: Tensor, fractions: Sequence[float] = FRACTIONS, orders: int = 5, seed: int = 0
+) -> list[dict]:
+    """Experiment 2: accuracy when round(fraction * hidden) neurons are replaced by their fits.
+
+    For each of `orders` random neuron orders (a `torch.Generator` seeded with `seed`, shared
+    by all networks of a stack) the first neurons of the order are replaced; all variants run
+    as one batch. A fraction that replaces no neuron reports the unmodified networks'
+    `accuracy_all_pairs` itself, so it equals the model's own accuracy bit for bit. One dict per
+    fraction: `fraction`, `replaced` (neuron count), `accs` (`.tolist()` of `(orders, ...)`),
+    `acc_mean` and `acc_std` (over the orders; population std, numpy's default), `(...)`.
+    """
+    hidden = fc2.shape[-1]
+    batch = fc2.shape[:-2]
+    counts = torch.tensor([round(f * hidden) for f in fractions], device=fc2.device)
+    gen = torch.Generator().manual_seed(seed)
+    # rank of every neuron in each random order: "among the first n" is rank < n
+    ranks = torch.rand(orders, hidden, generator=gen).argsort(dim=-1).argsort(dim=-1).to(fc2.device)
+    mask = (ranks < counts[:, None, None]).view(len(fractions), orders, *(1,) * len(batch), hidden)
+    acc = accuracy_all_pairs(fc1, fc2).expand(len(fractions), orders, *batch).clone()
+    changed = counts > 0
+    if changed.any():
+        acc[changed] = accuracy_all_pairs(*replace_with_fits(fc1, fc2, fit_neurons(fc1, fc2), mask[changed]))
+    mean, std = acc.mean(dim=1), acc.std(dim=1, correction=0)
+    return [
+        {"fraction": f, "replaced": int(n), "acc_mean": m.tolist(), "acc_std": s.tolist(), "accs": a.tolist()}
+        for f, n, m, s, a in zip(fractions, counts, mean, std, acc)
+    ]
+
+
+def cosine_network(p: int, freq: Tensor, phase_a: Tensor, phase_b: Tensor) -> tuple[Tensor, Tensor]:
+    """The post's hypothesis made exact: neuron n has a-weights cos(2*pi*k a/p + phi_a),
+    b-weights cos(2*pi*k b/p + phi_b) and out-weights cos(2*pi*k c/p + phi_a + phi_b).
+
+    `freq` (long) and the phases are `(..., hidden)`; returns `fc1: (..., hidden, 2p)`,
+    `fc2: (..., p, hidden)` in the phases' dtype. `fit_neurons` recovers k and the phases.
+    """
+    ones, zeros = torch.ones_like(phase_a), torch.zeros_like(phase_a)
+
+    def cosine(phase: Tensor) -> CosineFit:
+        return CosineFit(freq=freq, phase=phase, scale=ones, offset=zeros, r2=ones)
+
+    return NeuronFits(a=cosine(phase_a), b=cosine(phase_b), out=cosine(phase_a + phase_b), p=p).to_weights()
+
+
+def random_cosine_network(
+    p: int, neurons: int, generator: torch.Generator, dtype: torch.dtype = torch.float32
+) -> tuple[Tensor, Tensor]:
+    """Experiment 3: a `cosine_network` with k ~ uniform{1..p//2} and phi_a, phi_b ~
+    uniform[-pi, pi), drawn from `generator` on its device in this order: `randint` for k
+    `(neurons,)`, then `rand` `(2, neurons)` for (phi_a, phi_b)."""
+    freq = torch.randint(1, p // 2 + 1, (neurons,), generator=generator, device=generator.device)
+    u = torch.rand(2, neurons, generator=generator, device=generator.device, dtype=dtype)
+    phase_a, phase_b = (2 * u - 1) * math.pi
+    return cosine_network(p, freq, phase_a, phase_b)
+
+
+def random_cosine_curve(
+    p: int, neurons: Sequence[int] = NEURONS, draws: int = 5, seed: int = 0, device: torch.device | str = "cpu"
+) -> list[dict]:
+    """All-pairs accuracy of random cosine networks against their width N (the post: >95% at
+    N = 256, perfect at N = 512 for p = 113). The draws come from one CPU generator seeded with
+    `seed` (so they do not depend on `device`); the `draws` networks of each N run as one batch.
+    One dict per N: `neurons`, `accs` (list of `draws`), `acc_mean`, `acc_std` (population std).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for n in neurons:
+        nets = [random_cosine_network(p, n, gen) for _ in range(draws)]
+        fc1, fc2 = (torch.stack(w).to(device) for w in zip(*nets))
+        acc = accuracy_all_pairs(fc1, fc2)
+        mean, std = acc.mean().item(), acc.std(correction=0).item()
+        rows.append({"neurons": n, "acc_mean": mean, "acc_std": std, "accs": acc.tolist()})
+    return rows
+
+
+@torch.no_grad()
+def frequency_ablation(fc1: Tensor, fc2: Tensor, fits: NeuronFits) -> list[dict]:
+    """Accuracy with all neurons of one out-frequency zeroed (in- and out-weights), per frequency.
+
+    One dict per frequency that some neuron (of any network in the stack) has as `fits.out.freq`,
+    sorted: `freq`, `neurons` (how many have it) and `acc`, both `.tolist()` of `(...)`. All
+    ablations run as one batch. Constant neurons (r2 = 0) count under their nominal freq 1.
+    """
+    freq = fits.out.freq  # (..., hidden)
+    freqs = freq.unique()  # sorted
+    used = freq == freqs.view(-1, *(1,) * freq.dim())  # (F, ..., hidden)
+    acc = accuracy_all_pairs(torch.where(used[..., None], 0.0, fc1), torch.where(used[..., None, :], 0.0, fc2))
+    return [
+        {"freq": k, "neurons": n.tolist(), "acc": a.tolist()}
+        for k, n, a in zip(freqs.tolist(), used.sum(dim=-1), acc)
+    ]
