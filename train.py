@@ -1,11 +1,16 @@
 """Train one model, or sweep many with `-m`: `python train.py -m hidden=64,100,256 weight_decay=0.1,0.5`."""
 
+import os
 import sys
 
-import hydra
-from omegaconf import DictConfig
+# MKL may otherwise use fewer threads when the machine is busy, which changes the order of
+# float sums: the same config must give bit-identical metrics, whatever else is running.
+os.environ.setdefault("MKL_DYNAMIC", "FALSE")
 
-from modadd.config import ConfigError, preflight
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from modadd.config import ConfigError, apply_resume, preflight  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -17,6 +22,7 @@ def main(cfg: DictConfig) -> float:
 
 if __name__ == "__main__":
     try:
+        sys.argv[1:] = apply_resume(sys.argv[1:])
         preflight(sys.argv[1:])  # every job's config, before any directory or W&B run exists
     except ConfigError as err:
         sys.exit(f"error: {err}")

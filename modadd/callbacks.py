@@ -8,7 +8,14 @@ import math
 from pathlib import Path
 
 import lightning as L
+import numpy as np
+import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import WandbLogger
+from torch import Tensor
+
+from modadd import fourier
+from modadd.module import member_metrics
 
 log = logging.getLogger("modadd")
 
@@ -27,7 +34,8 @@ class EpochLog(Callback):
         self.rows: list[dict[str, float]] = []
         self.columns: list[str] = []
 
-    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # after a checkpoint's loop state is restored: current_epoch is the first epoch to run
         self.rows = [r for r in read_metrics(self.path) if r["epoch"] < trainer.current_epoch]
         self.columns = list(dict.fromkeys(k for r in self.rows for k in r))
         self._rewrite()
@@ -49,13 +57,7 @@ class EpochLog(Callback):
             log.info(progress_line(row, trainer.max_epochs))
 
     def _rewrite(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, self.columns)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        tmp.replace(self.path)
+        _write_rows(self.path, self.columns, self.rows)
 
 
 def progress_line(row: dict[str, float], epochs: int) -> str:
@@ -76,3 +78,133 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
     for r in rows:
         r["epoch"] = int(r["epoch"])
     return rows
+
+
+class FitStats(Callback):
+    """Cosine fits of every neuron and Nanda-style progress measures, logged as the run goes.
+
+    Every `every_n_epochs` (and at the last epoch): the fit statistics (`fit/...`), weight
+    norms and the Fourier sparsity of the weights, and the frequency histogram (W&B histogram;
+    counts per frequency in `freq_counts.csv`). Every `progress_every_n_epochs`: the restricted
+    and excluded losses over all p*p pairs, which need a full forward pass (~10 ms at p=113).
+    Every `images_every_n_epochs` and at the end: figures to W&B. At the end: the per-neuron
+    table as `neurons.csv` and a W&B table. With K members, each statistic is their mean (plus
+    std and per-member values, as for the losses).
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        every_n_epochs: int = 1,
+        progress_every_n_epochs: int = 20,
+        images_every_n_epochs: int = 500,
+        key_freq_share: float = 0.05,
+    ):
+        self.out_dir = Path(out_dir)
+        self.every = every_n_epochs
+        self.progress_every = progress_every_n_epochs
+        self.images_every = images_every_n_epochs
+        self.key_freq_share = key_freq_share
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.counts_path = self.out_dir / "freq_counts.csv"
+        rows = _read_rows(self.counts_path)
+        kept = [r for r in rows if int(r["epoch"]) < trainer.current_epoch]
+        if len(kept) != len(rows) or not rows:
+            p = module.hparams.p
+            _write_rows(self.counts_path, ["epoch", "member", *[f"k{k}" for k in range(1, p // 2 + 1)]], kept)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        epoch, last = trainer.current_epoch, trainer.current_epoch + 1 == trainer.max_epochs or trainer.should_stop
+        if not (epoch % self.every == 0 or last):
+            return
+        fc1, fc2 = module.net.seed_weights()  # (K, hidden, 2p), (K, p, hidden)
+        fits = fourier.fit_neurons(fc1, fc2)
+        stats = {f"fit/{k}": v for k, v in fourier.fit_statistics(fits).items()}
+        norms = fourier.weight_norms(fc1, fc2)
+        stats.update({"fit/weight_norm": norms["total"], "fit/weight_norm_fc1": norms["fc1"], "fit/weight_norm_fc2": norms["fc2"]})
+        spectrum = fourier.fourier_norms(fc1, fc2)[..., 1:]
+        stats.update({"fit/fourier_gini": fourier.gini(spectrum), "fit/fourier_ipr": fourier.ipr(spectrum)})
+        if epoch % self.progress_every == 0 or last:
+            stats.update(self._progress_measures(fc1, fc2, fits))
+        counts = fourier.freq_counts(fits.out.freq, fits.p)[:, 1:]  # (K, p//2)
+        names = list(stats)
+        values = torch.stack([stats[n].double() for n in names], dim=1).tolist()  # one sync
+        for j, name in enumerate(names):
+            module.epoch_metrics.update(member_metrics(name, [row[j] for row in values]))
+        with self.counts_path.open("a", newline="") as f:
+            csv.writer(f).writerows([[epoch, k, *c] for k, c in enumerate(counts.tolist())])
+        wandb_runs = [lg.experiment for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if wandb_runs:
+            media = {"fit/freq_hist": _histogram(fits.out.freq)}
+            if epoch % self.images_every == 0 or last:
+                media.update(_figures(fc1[0], fc2[0]))
+            for run in wandb_runs:
+                run.log(media, commit=False)  # joins the epoch's row, logged next by EpochLog
+
+    def _progress_measures(self, fc1: Tensor, fc2: Tensor, fits: fourier.NeuronFits) -> dict[str, Tensor]:
+        """Restricted / excluded loss over all pairs, for each member's key frequencies."""
+        restricted, excluded = [], []
+        for k in range(fc1.shape[0]):
+            member_fits = fourier.fit_neurons(fc1[k], fc2[k])
+            key = fourier.key_frequencies(member_fits, self.key_freq_share)
+            r, e = fourier.restricted_excluded_loss(fourier.all_pairs_logits(fc1[k], fc2[k]), key)
+            restricted.append(r)
+            excluded.append(e)
+        return {"fit/restricted_loss": torch.stack(restricted), "fit/excluded_loss": torch.stack(excluded)}
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        fc1, fc2 = module.net.seed_weights()
+        table = fourier.fit_neurons(fc1, fc2).table()  # columns (K, hidden)
+        K, hidden = fc1.shape[0], fc1.shape[1]
+        columns = ["member", "neuron", *table]
+        cells = [c.tolist() for c in table.values()]  # per column (K, hidden); frequencies stay ints
+        rows = [[k, n, *(c[k][n] for c in cells)] for k in range(K) for n in range(hidden)]
+        _write_rows(self.out_dir / "neurons.csv", columns, [dict(zip(columns, r)) for r in rows])
+        for lg in trainer.loggers:
+            if isinstance(lg, WandbLogger):
+                lg.log_table("fit/neuron_table", columns=columns, data=rows)
+
+
+def _histogram(freq: Tensor):
+    import wandb
+
+    values = freq.flatten().cpu().numpy()
+    return wandb.Histogram(np_histogram=np.histogram(values, bins=np.arange(0.5, values.max() + 1.5)))
+
+
+def _figures(fc1: Tensor, fc2: Tensor) -> dict:
+    """A few neurons with their fitted cosines, the frequency histogram, the phase-sum plot."""
+    import matplotlib.pyplot as plt
+    import wandb
+
+    from modadd import plots
+
+    fc1, fc2 = fc1.detach().cpu(), fc2.detach().cpu()
+    fits = fourier.fit_neurons(fc1, fc2)
+    figures = {
+        "fit/neurons": plots.neuron_weights(fc1, fc2, fits, list(range(min(4, fc1.shape[0])))),
+        "fit/freq_histogram": plots.frequency_histogram(fits.out.freq, fits.p),
+        "fit/phase_sum": plots.phase_sum(fits),
+    }
+    media = {k: wandb.Image(fig) for k, fig in figures.items()}
+    for fig in figures.values():
+        plt.close(fig)
+    return media
+
+
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write_rows(path: Path, columns: list[str], rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)

@@ -106,3 +106,30 @@ def preflight(argv: list[str]) -> None:
             except ConfigError as err:
                 where = f" (in job {','.join(job)})" if multirun else ""
                 raise ConfigError(f"{err}{where}") from None
+
+
+def apply_resume(argv: list[str]) -> list[str]:
+    """Turn `resume=<dir>` (or `resume=latest`) into Hydra's run / sweep dir override.
+
+    A job whose directory already holds `checkpoints/last.ckpt` continues from it, so pointing
+    the command at the old directory is all a resume needs; `latest` is the newest directory
+    under `outputs/` (or `multirun/` with `-m`).
+    """
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    rest, target = [], None
+    for arg in argv:
+        if arg.startswith("resume="):
+            target = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    if target is None:
+        return argv
+    if target == "latest":
+        root = Path("multirun" if multirun else "outputs")
+        found = sorted(root.glob("*/*"), key=lambda d: (d.parent.name, d.name))
+        if not found:
+            raise ConfigError(f"resume=latest: no earlier run under {root}/")
+        target = str(found[-1])
+    if not Path(target).is_dir():
+        raise ConfigError(f"resume={target} is invalid: resume must be an existing run or sweep directory (or latest)")
+    return [*rest, f"hydra.{'sweep' if multirun else 'run'}.dir={target}"]

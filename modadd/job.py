@@ -31,6 +31,10 @@ def train(cfg: DictConfig) -> float:
     """Run the job described by `cfg`; returns the final validation accuracy (mean over members)."""
     validate(cfg)
     out = Path(HydraConfig.get().runtime.output_dir)
+    done = _finished(out, cfg.epochs)
+    if done is not None:
+        log.info("%s already finished all %d epochs: skipped", out, cfg.epochs)
+        return done["final"].get("val/acc", math.nan)
     try:
         summary = _fit(cfg, out)
     except BaseException as err:
@@ -84,6 +88,15 @@ def _fit(cfg: DictConfig, out: Path) -> dict:
             logger.experiment.summary.update({"status": summary["status"], "grokking": summary["grokking"]})
     log.info("done: %s", json.dumps({k: summary[k] for k in ("status", "grokking")}))
     return summary
+
+
+def _finished(out: Path, epochs: int) -> dict | None:
+    """The summary of a job that already ran to completion in `out` (resuming a sweep skips it)."""
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if summary.get("status") == "ok" and summary.get("epochs_run") == epochs else None
 
 
 def _save_models(module: GrokModule, out: Path) -> None:

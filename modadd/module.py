@@ -111,14 +111,18 @@ class GrokModule(L.LightningModule):
         self._record("val", loss, (logits.argmax(-1) == y).float().mean(1))
 
     def _record(self, split: str, loss: Tensor, acc: Tensor) -> None:
-        """Per-member values under `{split}/loss_m{k}`; their mean (and std) under `{split}/loss`."""
         values = torch.stack([loss, acc.float()]).tolist()  # one device sync per split and epoch
         for name, per_member in zip(("loss", "acc"), values):
-            t = torch.tensor(per_member)
-            self.epoch_metrics[f"{split}/{name}"] = t.mean().item()
-            if len(per_member) > 1:
-                self.epoch_metrics[f"{split}/{name}_std"] = t.std().item()
-                self.epoch_metrics.update({f"{split}/{name}_m{k}": v for k, v in enumerate(per_member)})
+            self.epoch_metrics.update(member_metrics(f"{split}/{name}", per_member))
+
+
+def member_metrics(key: str, per_member: list[float]) -> dict[str, float]:
+    """`{key: value}` for one model; for K members their mean under `key`, the std under
+    `{key}_std` and each one under `{key}_m{k}`."""
+    if len(per_member) == 1:
+        return {key: per_member[0]}
+    t = torch.tensor(per_member, dtype=torch.float64)
+    return {key: t.mean().item(), f"{key}_std": t.std().item(), **{f"{key}_m{k}": v for k, v in enumerate(per_member)}}
 
 
 def fused_adamw_step(opt: torch.optim.AdamW) -> None:

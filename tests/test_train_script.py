@@ -1,10 +1,12 @@
 """train.py end to end, as a user runs it (W&B offline)."""
 
+import csv
 import json
 
 import pytest
 import torch
 
+from modadd import fourier
 from modadd.callbacks import read_metrics
 from modadd.data import all_pairs, labels, one_hot, split
 from modadd.model import MLP
@@ -14,9 +16,16 @@ from conftest import FAST_GROK, run_script, wandb_inspect
 pytestmark = pytest.mark.slow
 
 
-def test_small_config_trains_to_full_validation_accuracy(tmp_out):
-    run = tmp_out / "run"
+@pytest.fixture(scope="module")
+def grokked(tmp_path_factory):
+    """One run of the small config that generalises fully, shared by the tests below."""
+    run = tmp_path_factory.mktemp("grokked") / "run"
     run_script("train.py", *FAST_GROK, f"hydra.run.dir={run}")
+    return run
+
+
+def test_small_config_trains_to_full_validation_accuracy(grokked):
+    run = grokked
     for name in (".hydra/config.yaml", "metrics.csv", "checkpoints/last.ckpt", "model.pt", "summary.json", "train.log"):
         assert (run / name).exists(), name
     rows = read_metrics(run / "metrics.csv")
@@ -68,3 +77,34 @@ def test_csv_logger_choice_runs_without_wandb(tmp_out):
 def test_cfg_job_prints_the_composed_config():
     out = run_script("train.py", "--cfg", "job", "hidden=64").stdout
     assert "hidden: 64" in out and "weight_decay: 0.5" in out and "_target_: lightning.Trainer" in out
+
+
+def test_fit_statistics_per_epoch_match_an_independent_fit_of_the_final_model(grokked):
+    rows = read_metrics(grokked / "metrics.csv")
+    assert all(0 <= r["fit/frac_same_freq"] <= 1 and r["fit/weight_norm"] > 0 for r in rows)
+    progress = [r["epoch"] for r in rows if r["fit/restricted_loss"] == r["fit/restricted_loss"]]
+    assert progress[:3] == [0, 20, 40] and progress[-1] == 249
+    mlp = MLP(31, 128)
+    mlp.load_state_dict(torch.load(grokked / "model.pt"))
+    fits = fourier.fit_neurons(mlp.fc1.weight.detach(), mlp.fc2.weight.detach())
+    stats = fourier.fit_statistics(fits)
+    last = rows[-1]
+    for key in ("frac_same_freq", "r2_mean_a", "r2_mean_out", "distinct_freqs"):
+        assert last[f"fit/{key}"] == pytest.approx(float(stats[key]), rel=1e-5), key
+    assert last["fit/frac_same_freq"] > 0.5 and last["fit/r2_mean_a"] > 0.5  # the grokked net is cosine-like
+    assert last["fit/restricted_loss"] < last["fit/excluded_loss"]
+
+    with open(grokked / "neurons.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 128
+    assert [int(r["freq_out"]) for r in table] == fits.out.freq.tolist()
+    with open(grokked / "freq_counts.csv") as f:
+        counts = list(csv.DictReader(f))
+    assert len(counts) == 250 and sum(int(v) for k, v in counts[-1].items() if k.startswith("k")) == 128
+
+
+def test_fit_statistics_images_and_table_reach_wandb(grokked):
+    w = wandb_inspect(grokked)
+    assert {"fit/frac_same_freq", "fit/phase_sum_error_median", "fit/restricted_loss", "fit/freq_hist",
+            "fit/neurons", "fit/phase_sum", "fit/neuron_table"} <= set(w["summary"])
+    assert w["summary"]["grokking"]["val_epoch"] is not None

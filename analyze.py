@@ -1,0 +1,51 @@
+"""Analyse a finished (or half-finished) run, a whole sweep, or one checkpoint.
+
+    python analyze.py multirun/2026-11-22/10-31-07-512004                 # a sweep
+    python analyze.py multirun/2026-11-22/10-31-07-512004/hidden=64,weight_decay=0.1   # one job
+    python analyze.py outputs/2026-11-22/10-31-07-512004/checkpoints/last.ckpt          # one checkpoint
+
+Writes to <path>/analysis/ (or --out): per job analysis.json, neurons.csv and the figures of
+the Bussmann post (cosine fits, phase-sum rule, replacement by fits, random cosine networks,
+frequency ablation, activations, weight similarity, t-SNE/k-means); for the whole,
+summary.csv (one row per job, with its status) and report.html (one self-contained page).
+"""
+
+import argparse
+import sys
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("path", help="a sweep dir, a job dir, or a .ckpt / model .pt file")
+    parser.add_argument("--out", help="output dir (default: <path>/analysis)")
+    parser.add_argument("--orders", type=int, default=5, help="random neuron orders per replaced fraction (default 5)")
+    parser.add_argument("--draws", type=int, default=5, help="random cosine networks per size (default 5)")
+    parser.add_argument("--neurons", default="16,32,64,128,256,512", help="random cosine network sizes (default 16,...,512)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random orders and draws (default 0)")
+    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: min(2, cores))")
+    args = parser.parse_args()
+    for name in ("orders", "draws"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name}={getattr(args, name)} is invalid: must be an integer >= 1")
+    try:
+        neurons = [int(n) for n in args.neurons.split(",")]
+        assert all(n >= 1 for n in neurons)
+    except (ValueError, AssertionError):
+        parser.error(f"--neurons={args.neurons} is invalid: must be a comma-separated list of integers >= 1")
+
+    from modadd.analysis import Settings, analyze  # heavy imports after the argument checks
+    from modadd.runs import RunError
+
+    settings = Settings(orders=args.orders, neurons=neurons, draws=args.draws, seed=args.seed)
+    if args.workers is not None:
+        settings.workers = max(1, args.workers)
+    try:
+        analyze(args.path, args.out, settings)
+    except RunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

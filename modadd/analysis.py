@@ -1,0 +1,305 @@
+"""The analysis of a run or a sweep: the post's experiments, figures, tables, one HTML report.
+
+`analyze(path, out)` finds the jobs under `path` (a sweep, a job or a weights file), analyses
+every usable one in parallel worker processes (one torch thread each), and writes for each
+job `analysis.json` and its figures, and for the whole `summary.csv`, sweep figures and
+`report.html`. Jobs that cannot be analysed (failed, diverged, running, unreadable, no
+epochs) are listed with their status and reason, never fatal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from modadd import experiments, fourier, plots  # noqa: E402
+from modadd.data import all_pairs, labels, split  # noqa: E402
+from modadd.grokking import grokking_epochs  # noqa: E402
+from modadd.report import Section, Table, write_csv, write_report  # noqa: E402
+from modadd.runs import Run, RunError, find_jobs, load_run, load_weights  # noqa: E402
+
+log = logging.getLogger("modadd")
+
+ANALYSABLE = ("ok", "incomplete")  # an incomplete (killed) job is analysed from its last checkpoint
+
+
+@dataclass
+class Settings:
+    """What the experiments sample: replacement orders, random-cosine sizes and draws."""
+
+    orders: int = 5
+    neurons: Sequence[int] = experiments.NEURONS
+    draws: int = 5
+    seed: int = 0
+    example_neurons: int = 4
+    workers: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))
+
+
+def analyze(path: str | Path, out: str | Path | None = None, settings: Settings | None = None,
+            progress: Callable[[str], None] = print) -> list[dict]:
+    """Analyse everything under `path`; returns one summary row per job (analysed or not).
+
+    Raises `RunError` (one line) if `path` is not a run, a sweep or a checkpoint, or if no job
+    under it could be analysed.
+    """
+    settings = settings or Settings()
+    path = Path(path)
+    jobs = find_jobs(path)
+    out = Path(out) if out else (path.parent if path.is_file() else path) / "analysis"
+    sweep = len(jobs) != 1 or jobs[0] != path
+    runs = [load_run(j) for j in jobs]
+    todo = [r for r in runs if r.status in ANALYSABLE and r.metrics or r.path.is_file() and r.status == "ok"]
+    units = [(r, k, _unit_dir(out, r, k, sweep)) for r in todo for k in range(r.members or 1)]
+    progress(f"{len(jobs)} job(s) under {path}: analysing {len(todo)}, skipping {len(runs) - len(todo)}")
+
+    results: dict[tuple[Path, int], dict] = {}
+    curves: dict[int, list[dict]] = {}
+    with _pool(settings.workers) as pool:
+        futures = {pool.submit(random_cosine, p, settings): ("cosine", p) for p in {r.p for r, _, _ in units}}
+        futures.update({pool.submit(analyze_member, r.path, k, d, settings): ("job", (r.path, k)) for r, k, d in units})
+        done = 0
+        for future in as_completed(futures):
+            kind, key = futures[future]
+            if kind == "cosine":
+                curves[key] = future.result()
+                continue
+            done += 1
+            try:
+                results[key] = future.result()
+                progress(f"[{done}/{len(units)}] {_name(key[0], key[1], sweep)}: done")
+            except (RunError, ValueError, RuntimeError) as err:
+                results[key] = {"status": "unreadable", "reason": str(err).splitlines()[0]}
+                progress(f"[{done}/{len(units)}] {_name(key[0], key[1], sweep)}: skipped ({results[key]['reason']})")
+
+    for run, k, unit_dir in units:
+        result = results[(run.path, k)]
+        if result.get("status") == "analysed":
+            result["random_cosine"] = curves[run.p]
+            _save_figure(plots.random_cosine_curve(curves[run.p]), unit_dir / "random_cosine.png")
+            result["status"] = run.status
+            (unit_dir / "analysis.json").write_text(json.dumps(result, indent=2, allow_nan=True))
+    rows = summary_rows(runs, units, results)
+    if not any(r["analysed"] for r in rows):
+        reasons = "; ".join(f"{r['job']}: {r['status']} ({r['reason']})" for r in rows) or "no jobs"
+        raise RunError(f"nothing to analyse under {path}: {reasons}")
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "summary.csv", rows)
+    write_report(out / "report.html", f"modadd analysis: {path}", _report_sections(rows, runs, units, results, out, sweep))
+    progress(f"wrote {out / 'report.html'} and {out / 'summary.csv'}")
+    return rows
+
+
+def analyze_member(job: Path, member: int, out: Path, settings: Settings) -> dict:
+    """Everything about one trained network (one member of one job), figures saved to `out`."""
+    torch.set_num_threads(1)
+    run = load_run(job)
+    fc1_all, fc2_all = load_weights(run)
+    fc1, fc2 = fc1_all[member], fc2_all[member]
+    if not (torch.isfinite(fc1).all() and torch.isfinite(fc2).all()):
+        raise RunError("weights are not finite (diverged)")
+    p, hidden = fc2.shape
+    out.mkdir(parents=True, exist_ok=True)
+    fits = fourier.fit_neurons(fc1, fc2)
+    stats = {k: v.item() for k, v in fourier.fit_statistics(fits).items()}
+    replacement = experiments.replacement_curve(fc1, fc2, orders=settings.orders, seed=settings.seed)
+    ablation = experiments.frequency_ablation(fc1, fc2, fits)
+    rows = _member_rows(run.metrics, member, (run.members or 1) > 1)
+    result = {
+        "job": str(job), "member": member, "p": p, "hidden": hidden, "status": "analysed",
+        **_split_accuracies(run, fc1, fc2),
+        "full_acc": experiments.accuracy_all_pairs(fc1, fc2).item(),
+        "fit": {
+            "frac_same_freq": stats["frac_same_freq"],
+            "phase_sum_error_median": stats["phase_sum_error_median"],
+            "r2_mean": {"a": stats["r2_mean_a"], "b": stats["r2_mean_b"], "out": stats["r2_mean_out"]},
+            "distinct_freqs": int(stats["distinct_freqs"]),
+            "scale_ratio_mean": stats["scale_ratio_mean"],
+            "key_freqs": fourier.key_frequencies(fits).tolist(),
+        },
+        "replacement": [{k: r[k] for k in ("fraction", "acc_mean", "acc_std")} for r in replacement],
+        "frequency_ablation": ablation,
+        "grokking": grokking_epochs(rows),
+        "epochs": len(rows),
+    }
+    chosen = _example_neurons(fits, settings.example_neurons)
+    figures = {
+        "grokking_curves": plots.grokking_curves(rows) if rows else None,
+        "frequency_agreement": plots.frequency_agreement(fits),
+        "phase_sum": plots.phase_sum(fits),
+        "frequency_histogram": plots.frequency_histogram(fits.out.freq, p),
+        "replacement": plots.replacement_curve(replacement),
+        "frequency_ablation": plots.frequency_ablation(ablation, baseline=result["full_acc"]),
+        "activation_heatmaps": plots.activation_heatmaps(fc1, fc2, chosen),
+        "neuron_weights": plots.neuron_weights(fc1, fc2, fits, chosen),
+        "weight_similarity": plots.weight_similarity(fc1, fc2),
+        "tsne_kmeans": plots.tsne_kmeans(fc1, fits, clusters=min(10, hidden), seed=settings.seed) if hidden >= 4 else None,
+    }
+    for name, fig in figures.items():
+        if fig is not None:
+            _save_figure(fig, out / f"{name}.png")
+    write_csv(out / "neurons.csv", _neuron_rows(fits))
+    return result
+
+
+def random_cosine(p: int, settings: Settings) -> list[dict]:
+    """The post's experiment 3 at this p (it depends on p only, so once per sweep and p)."""
+    torch.set_num_threads(1)
+    curve = experiments.random_cosine_curve(p, neurons=settings.neurons, draws=settings.draws, seed=settings.seed)
+    return [{k: r[k] for k in ("neurons", "acc_mean", "acc_std")} for r in curve]
+
+
+def summary_rows(runs: list[Run], units: list, results: dict) -> list[dict]:
+    """One row per job member: overrides as columns, final metrics, grokking, fit figures, status."""
+    rows = []
+    analysed = {(r.path, k): d for r, k, d in units}
+    for run in runs:
+        per_member = (run.path, 0) in analysed and (run.members or 1) > 1
+        for k in range(run.members) if per_member else [0]:
+            res = results.get((run.path, k), {})
+            final = _member_rows(run.metrics, k, per_member)[-1:] or [{}]
+            replaced_90 = next((r["acc_mean"] for r in res.get("replacement", []) if abs(r["fraction"] - 0.9) < 1e-9), None)
+            rows.append({
+                "job": run.path.name + (f"/m{k}" if per_member else ""),
+                **run.overrides,
+                "status": res.get("status") if res.get("status") == "unreadable" else run.status,
+                "reason": res.get("reason", run.reason),
+                "analysed": "reason" not in res and bool(res),
+                "p": run.p, "hidden": run.hidden,
+                "epochs": len(run.metrics),
+                **{key: final[0].get(key) for key in ("train/loss", "train/acc", "val/loss", "val/acc")},
+                "full_acc": res.get("full_acc"),
+                **{f"grokking_{k2}": v for k2, v in res.get("grokking", grokking_epochs(run.metrics)).items()},
+                "frac_same_freq": res.get("fit", {}).get("frac_same_freq"),
+                "phase_sum_error_median": res.get("fit", {}).get("phase_sum_error_median"),
+                "r2_mean_out": res.get("fit", {}).get("r2_mean", {}).get("out"),
+                "distinct_freqs": res.get("fit", {}).get("distinct_freqs"),
+                "replacement_acc_0.9": replaced_90,
+            })
+    return rows
+
+
+def _split_accuracies(run: Run, fc1: torch.Tensor, fc2: torch.Tensor) -> dict:
+    """Train / validation accuracy recomputed from the run's split (its p, train_fraction, seed)."""
+    cfg = run.config
+    if not all(k in cfg for k in ("p", "train_fraction", "seed")):
+        return {"train_acc": None, "val_acc": None}
+    p = fc2.shape[0]
+    a, b = all_pairs(p)
+    train, val = split(p, cfg["train_fraction"], cfg["seed"])
+    logits = fourier.all_pairs_logits(fc1, fc2)
+    right = logits.argmax(-1) == labels(a, b, p)
+    return {"train_acc": right[train].float().mean().item(), "val_acc": right[val].float().mean().item()}
+
+
+def _member_rows(metrics: list[dict], member: int, stacked: bool) -> list[dict]:
+    """A member's own curve (its `_m{k}` columns) under the plain names."""
+    if not stacked:
+        return metrics
+    suffix = f"_m{member}"
+    return [{"epoch": r["epoch"], **{k[: -len(suffix)]: v for k, v in r.items() if k.endswith(suffix)}} for r in metrics]
+
+
+def _example_neurons(fits: fourier.NeuronFits, n: int) -> list[int]:
+    """The best-fitted neurons, one per frequency first, so the examples show distinct frequencies."""
+    order = torch.argsort(fits.a.r2 + fits.b.r2 + fits.out.r2, descending=True).tolist()
+    seen, chosen = set(), []
+    for i in order:
+        if fits.out.freq[i].item() not in seen:
+            seen.add(fits.out.freq[i].item())
+            chosen.append(i)
+    return (chosen + [i for i in order if i not in chosen])[:n]
+
+
+def _neuron_rows(fits: fourier.NeuronFits) -> list[dict]:
+    columns = {k: v.tolist() for k, v in fits.table().items()}
+    return [{"neuron": n, **{k: v[n] for k, v in columns.items()}} for n in range(len(fits.out.freq))]
+
+
+def _report_sections(rows: list[dict], runs: list[Run], units: list, results: dict, out: Path, sweep: bool) -> list[Section]:
+    columns = list(dict.fromkeys(k for r in rows for k in r if k != "analysed"))
+    sections = [Section("Summary", text=f"{len(rows)} job(s); {sum(r['analysed'] for r in rows)} analysed.",
+                        tables=[Table(columns, [[r.get(c) for c in columns] for r in rows])],
+                        figures=_sweep_figures(rows, runs, out) if sweep else [])]
+    for run, k, unit_dir in units:
+        res = results[(run.path, k)]
+        if "reason" in res:
+            continue
+        fit = res["fit"]
+        text = (f"p = {res['p']}, hidden = {res['hidden']}, status {res['status']}. Accuracy: train {_pct(res['train_acc'])}, "
+                f"validation {_pct(res['val_acc'])}, all pairs {_pct(res['full_acc'])}. "
+                f"{_pct(fit['frac_same_freq'])} of neurons have one frequency for a, b and out; median phase-sum error "
+                f"{fit['phase_sum_error_median']:.3f} rad; {fit['distinct_freqs']} distinct frequencies; "
+                f"mean R² a/b/out {fit['r2_mean']['a']:.3f}/{fit['r2_mean']['b']:.3f}/{fit['r2_mean']['out']:.3f}.")
+        tables = [Table(["fraction replaced", "acc mean", "acc std"], [[r["fraction"], r["acc_mean"], r["acc_std"]] for r in res["replacement"]]),
+                  Table(["random cosine neurons", "acc mean", "acc std"], [[r["neurons"], r["acc_mean"], r["acc_std"]] for r in res["random_cosine"]])]
+        pngs = sorted(unit_dir.glob("*.png"))
+        sections.append(Section(_name(run.path, k, sweep), text=text, tables=tables, figures=[(f.stem.replace("_", " "), str(f)) for f in pngs]))
+    return sections
+
+
+def _sweep_figures(rows: list[dict], runs: list[Run], out: Path) -> list[tuple[str, str]]:
+    """Final validation accuracy and grokking epoch over the swept axes; all curves overlaid."""
+    axes = [k for k in dict.fromkeys(k for r in runs for k in r.overrides) if len({r.overrides.get(k) for r in runs}) > 1]
+    numeric = [{**r, **{a: _number(r.get(a)) for a in axes}} for r in rows]
+    figures = {}
+    for value in ("val/acc", "grokking_val_epoch"):
+        if len(axes) == 2:
+            figures[f"{value} over {axes[0]} x {axes[1]}"] = plots.sweep_heatmap(numeric, axes[0], axes[1], value)
+        elif axes:
+            figures[f"{value} over {axes[0]}"] = plots.sweep_lines(numeric, axes[0], value, hue=axes[1] if len(axes) > 1 else None)
+    curves = {r.path.name: r.metrics for r in runs if r.metrics and (r.members or 1) == 1}
+    if curves:
+        color_by = {r.path.name: _number(r.overrides.get(axes[0])) for r in runs} if axes else None
+        if color_by and any(v is None for v in color_by.values()):
+            color_by = None
+        figures["validation accuracy of every job"] = plots.overlaid_curves(curves, color_by)
+    saved = []
+    for i, (caption, fig) in enumerate(figures.items()):
+        path = out / f"sweep_{i}.png"
+        _save_figure(fig, path)
+        saved.append((caption, str(path)))
+    return saved
+
+
+def _save_figure(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _unit_dir(out: Path, run: Run, member: int, sweep: bool) -> Path:
+    base = out / run.path.name if sweep else out
+    return base / f"m{member}" if (run.members or 1) > 1 else base
+
+
+def _name(job: Path, member: int, sweep: bool) -> str:
+    return job.name + (f" / member {member}" if member else "")
+
+
+def _number(value: object) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}%"
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    # fork is fast and the parent has run no torch kernels yet (none of its thread pools exist)
+    return ProcessPoolExecutor(max_workers=max(1, workers), mp_context=multiprocessing.get_context("fork"))

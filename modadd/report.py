@@ -1,0 +1,205 @@
+"""One self-contained HTML report (inline CSS, figures as PNG data URIs) and CSV summary tables.
+
+The page makes no external request: every image is a `data:` URI and a Content-Security-Policy
+(`default-src 'none'; img-src data:; style-src 'unsafe-inline'`) forbids anything else, scripts
+included. All text is HTML-escaped. Files are written atomically (temporary file + rename), so a
+reader never sees half a report.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; line-height: 1.5; color: #1f2328;
+       max-width: 1100px; margin: 2rem auto; padding: 0 1.5rem; }
+h1 { font-size: 1.8rem; border-bottom: 2px solid #d0d7de; padding-bottom: .3rem; }
+h2 { font-size: 1.35rem; margin-top: 2.5rem; border-bottom: 1px solid #d0d7de; padding-bottom: .2rem; }
+nav { background: #f6f8fa; border: 1px solid #d0d7de; border-radius: 6px; padding: .6rem 1.2rem; }
+nav ol { margin: .3rem 0; }
+a { color: #0969da; text-decoration: none; }
+a:hover { text-decoration: underline; }
+table { border-collapse: collapse; margin: 1rem 0; font-size: .9rem; font-variant-numeric: tabular-nums; }
+caption { caption-side: top; text-align: left; font-weight: 600; padding-bottom: .3rem; }
+th, td { border: 1px solid #d0d7de; padding: .25rem .6rem; }
+th { background: #f6f8fa; text-align: left; }
+td.num { text-align: right; white-space: nowrap; }
+tbody tr:nth-child(even) { background: #fafbfc; }
+.table-wrap { overflow-x: auto; }
+figure { margin: 1.5rem 0; }
+figure img { max-width: 100%; height: auto; display: block; }
+figcaption { font-size: .9rem; color: #57606a; margin-top: .4rem; }
+@media print { nav { display: none; } h2 { break-before: page; } figure, table { break-inside: avoid; } }
+"""
+
+
+@dataclass
+class Table:
+    """A table: column names and rows of cells (numbers are formatted, everything is escaped)."""
+
+    columns: list[str]
+    rows: list[list[Any]]
+    caption: str = ""
+
+
+@dataclass
+class Section:
+    """A report section: a heading, text (blank lines separate paragraphs), tables, and
+    figures as `(caption, figure)` with the figure a matplotlib Figure or a PNG file's path."""
+
+    heading: str
+    text: str = ""
+    tables: list[Table] = field(default_factory=list)
+    figures: list[tuple[str, Figure | str | os.PathLike]] = field(default_factory=list)
+
+
+def figure_to_data_uri(fig: Figure, dpi: int = 150) -> str:
+    """The figure as a `data:image/png;base64,...` URI (the figure is left open)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
+    return _png_data_uri(buffer.getvalue())
+
+
+def _png_data_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _image_uri(figure: Figure | str | os.PathLike) -> str:
+    if isinstance(figure, Figure):
+        return figure_to_data_uri(figure)
+    data = Path(figure).read_bytes()
+    if not data.startswith(PNG_SIGNATURE):
+        raise ValueError(f"{figure} is not a PNG file")
+    return _png_data_uri(data)
+
+
+def _scalar(value: Any) -> Any:
+    """numpy / torch scalars as plain Python values; anything else unchanged."""
+    if isinstance(value, np.generic) or (hasattr(value, "item") and getattr(value, "ndim", None) == 0):
+        return value.item()
+    return value
+
+
+def format_cell(value: Any) -> tuple[str, bool]:
+    """A cell's text and whether it is numeric: integers in full, floats to 4 significant
+    digits (integral floats without decimals, NaN as 'NaN', infinities as +-inf), None empty."""
+    value = _scalar(value)
+    if value is None:
+        return "", False
+    if isinstance(value, bool):
+        return ("yes" if value else "no"), False
+    if isinstance(value, int):
+        return str(value), True
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN", True
+        if math.isinf(value):
+            return ("\u221e" if value > 0 else "\u2212\u221e"), True
+        if value.is_integer() and abs(value) < 1e6:
+            return str(int(value)), True
+        return f"{value:.4g}", True
+    return str(value), False
+
+
+def _paragraphs(text: str) -> str:
+    blocks = [" ".join(b.split()) for b in text.split("\n\n")]
+    return "".join(f"<p>{html.escape(b)}</p>\n" for b in blocks if b)
+
+
+def _table_html(table: Table) -> str:
+    width = len(table.columns)
+    bad = [i for i, row in enumerate(table.rows) if len(row) != width]
+    if bad:
+        raise ValueError(f"table rows {bad} do not have {width} cells like the columns {table.columns}")
+    out = ['<div class="table-wrap"><table>']
+    if table.caption:
+        out.append(f"<caption>{html.escape(table.caption)}</caption>")
+    out.append("<thead><tr>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns) + "</tr></thead>")
+    out.append("<tbody>")
+    for row in table.rows:
+        cells = []
+        for value in row:
+            text, numeric = format_cell(value)
+            cells.append(f'<td class="num">{html.escape(text)}</td>' if numeric else f"<td>{html.escape(text)}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</tbody></table></div>\n")
+    return "\n".join(out)
+
+
+def render_report(title: str, sections: Sequence[Section]) -> str:
+    """The report's HTML text (see `write_report`)."""
+    e = html.escape
+    toc = "".join(f'<li><a href="#section-{i}">{e(s.heading)}</a></li>' for i, s in enumerate(sections, 1))
+    body = []
+    number = 0
+    for i, section in enumerate(sections, 1):
+        body.append(f'<section id="section-{i}">\n<h2>{i}. {e(section.heading)}</h2>\n')
+        body.append(_paragraphs(section.text))
+        body.extend(_table_html(t) for t in section.tables)
+        for caption, figure in section.figures:
+            number += 1
+            body.append(
+                f'<figure id="figure-{number}"><img src="{_image_uri(figure)}" alt="{e(caption, quote=True)}">'
+                f"<figcaption><strong>Figure {number}.</strong> {e(caption)}</figcaption></figure>\n"
+            )
+        body.append("</section>\n")
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{e(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+        f"<h1>{e(title)}</h1>\n<nav><strong>Contents</strong><ol>{toc}</ol></nav>\n"
+        + "".join(body)
+        + "</body>\n</html>\n"
+    )
+
+
+def _write_atomic(path: str | os.PathLike, text: str, newline: str | None = None) -> Path:
+    """Write `text` to a temporary file beside `path`, then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_report(path: str | os.PathLike, title: str, sections: Sequence[Section]) -> Path:
+    """Write one self-contained HTML page: title, table of contents, then each section's
+    paragraphs, tables and numbered, captioned figures (embedded PNGs). Returns the path."""
+    return _write_atomic(path, render_report(title, sections))
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """Write rows as CSV: the union of their keys as columns, in order of first appearance;
+    missing cells empty; numpy / torch scalars as plain numbers at full precision."""
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: _scalar(v) for k, v in r.items()} for r in rows)
+    return _write_atomic(path, buffer.getvalue(), newline="")
