@@ -42,6 +42,7 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "betas": (lambda v: len(v) == 2 and all(_num(b) and 0 <= b < 1 for b in v), "two numbers in [0, 1)"),
     "shuffle": (lambda v: isinstance(v, bool), "true or false"),
     "progress_every": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "threads": (lambda v: v is None or _int(v) and v >= 1, "null or an integer >= 1"),
 }
 
 

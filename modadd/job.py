@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 import lightning as L
@@ -30,7 +31,9 @@ log = logging.getLogger("modadd")
 def train(cfg: DictConfig) -> float:
     """Run the job described by `cfg`; returns the final validation accuracy (mean over members)."""
     validate(cfg)
+    torch.set_num_threads(torch_threads(cfg))
     out = Path(HydraConfig.get().runtime.output_dir)
+    log.info("job %s: %d torch thread(s)", out, torch.get_num_threads())
     done = _finished(out, cfg.epochs)
     if done is not None:
         log.info("%s already finished all %d epochs: skipped", out, cfg.epochs)
@@ -43,6 +46,18 @@ def train(cfg: DictConfig) -> float:
         raise
     finish_run(exit_code=0)
     return summary["final"].get("val/acc", math.nan)
+
+
+def torch_threads(cfg: DictConfig) -> int:
+    """`cfg.threads`, or (when null) the cores shared out among the jobs that run at once, so
+    that parallel jobs x threads <= cores (oversubscribed OpenMP threads spin and crawl)."""
+    if cfg.get("threads"):
+        return int(cfg.threads)
+    cores = len(os.sched_getaffinity(0))
+    launcher = HydraConfig.get().launcher
+    n_jobs = launcher.get("n_jobs", 1) if "joblib" in str(launcher.get("_target_", "")).lower() else 1
+    n_jobs = cores if n_jobs is None or n_jobs < 1 else n_jobs
+    return max(1, cores // n_jobs)
 
 
 def build(cfg: DictConfig) -> tuple[L.Trainer, GrokModule, L.LightningDataModule]:

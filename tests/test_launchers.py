@@ -1,0 +1,47 @@
+"""Sweeps on real launchers: joblib (parallel local processes) and submitit (Slurm's path)."""
+
+import json
+
+import pytest
+
+from conftest import run_script, wandb_inspect
+
+pytestmark = pytest.mark.slow
+TINY = ["hidden=8,16", "p=7", "epochs=3"]
+
+
+def _jobs(sweep):
+    return sorted(d for d in sweep.iterdir() if (d / ".hydra").is_dir())
+
+
+def test_joblib_sweep_runs_jobs_in_parallel_with_threads_shared_out(tmp_out):
+    sweep = tmp_out / "sweep"
+    run_script("train.py", "-m", "hydra/launcher=local", *TINY, f"hydra.sweep.dir={sweep}")
+    jobs = _jobs(sweep)
+    assert [j.name for j in jobs] == ["epochs=3,hidden=16,p=7", "epochs=3,hidden=8,p=7"]
+    runs = set()
+    for job in jobs:
+        assert json.loads((job / "summary.json").read_text())["status"] == "ok"
+        log = (job / "train.log").read_text()
+        threads = int(log.split("torch thread")[0].rsplit(" ", 2)[-2])
+        assert threads * 2 <= len(__import__("os").sched_getaffinity(0)) or threads == 1
+        w = wandb_inspect(job)
+        assert w["state"] == "finished" and w["name"] == job.name
+        runs.add(w["run_id"])
+    assert len(runs) == 2  # worker processes are reused: each job still gets its own W&B run
+
+
+def test_submitit_local_sweep_takes_the_slurm_path(tmp_out):
+    sweep = tmp_out / "sweep"
+    run_script("train.py", "-m", "hydra/launcher=submitit_local", *TINY, "logger=csv", f"hydra.sweep.dir={sweep}")
+    jobs = _jobs(sweep)
+    assert len(jobs) == 2 and (sweep / ".submitit").is_dir()
+    for job in jobs:
+        assert json.loads((job / "summary.json").read_text())["status"] == "ok"
+        assert (job / "model.pt").exists()
+
+
+def test_slurm_preset_composes():
+    out = run_script("train.py", "hydra/launcher=slurm", "--cfg", "hydra", "--package", "hydra.launcher").stdout
+    for field in ("SlurmLauncher", "partition", "gpus_per_node: 1", "timeout_min: 240", "mem_gb: 16"):
+        assert field in out, field
