@@ -135,14 +135,19 @@ def ms(times: list[float], warmup: int = WARMUP) -> float:
 
 
 def compare(rounds: int, epochs: int, device: str) -> None:
-    seed, ours = [], []
+    """Seed loop, train.py as configured, and train.py without FitStats, interleaved."""
+    variants = {"seed loop": lambda: seed_loop(113, 100, epochs, device),
+                "modadd": lambda: modadd_run([], epochs),
+                "modadd without FitStats": lambda: modadd_run(["~callbacks.fit_stats"], epochs)}
+    times: dict[str, list[float]] = {name: [] for name in variants}
     for r in range(rounds):
-        seed += seed_loop(113, 100, epochs, device)[WARMUP:]
-        ours += modadd_run([], epochs)[WARMUP:]
-        print(f"round {r + 1}/{rounds}: seed {ms(seed, 0):.1f} ms/epoch, modadd {ms(ours, 0):.1f} ms/epoch")
-    s, o = ms(seed, 0), ms(ours, 0)
-    print(f"\nreference config (p=113, hidden=100, batch 128), {rounds} x {epochs} epochs each, torch threads {torch.get_num_threads()}")
-    print(f"| seed loop | modadd train.py | speed-up |\n|---|---|---|\n| {s:.1f} ms/epoch | {o:.1f} ms/epoch | {s / o:.2f}x |")
+        for name, run in variants.items():
+            times[name] += run()[WARMUP:]
+        print(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {ms(t, 0):.1f} ms/epoch" for n, t in times.items()), flush=True)
+    seed, ours, bare = (ms(t, 0) for t in times.values())
+    print(f"\nreference config (p=113, hidden=100, batch 128), {rounds} rounds x {epochs} epochs, torch threads {torch.get_num_threads()}")
+    print("| seed loop | modadd train.py | speed-up | modadd without FitStats | FitStats cost |\n|---|---|---|---|---|")
+    print(f"| {seed:.1f} ms/epoch | {ours:.1f} ms/epoch | {seed / ours:.2f}x | {bare:.1f} ms/epoch | {100 * (ours - bare) / bare:+.1f}% |")
 
 
 def scaling(epochs: int) -> None:

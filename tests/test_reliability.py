@@ -1,11 +1,14 @@
 """Bad input fails fast and cleanly; failures and divergence are recorded, not lost."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from conftest import run_script, wandb_inspect
+from conftest import ROOT, run_script, wandb_inspect
 
 BAD = [
     ("p=1", "p must be an integer >= 2"),
@@ -64,3 +67,16 @@ def test_one_failing_job_does_not_lose_the_others(tmp_out):
     w = wandb_inspect(bad)
     assert w["state"] == "failed" and w["exit_code"] == 1
     assert wandb_inspect(ok)["state"] == "finished"
+
+
+@pytest.mark.slow
+def test_wandb_online_without_an_account_falls_back_to_offline_and_trains(tmp_out, monkeypatch):
+    run = tmp_out / "run"
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_out))  # no ~/.netrc: no credentials
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "p=7", "hidden=8", "epochs=2", f"hydra.run.dir={run}"],
+                          cwd=ROOT, env={**os.environ, "WANDB_MODE": "online"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "W&B online mode could not start" in proc.stdout + proc.stderr and "wandb sync" in proc.stdout + proc.stderr
+    assert json.loads((run / "summary.json").read_text())["status"] == "ok"
+    assert wandb_inspect(run)["state"] == "finished"
