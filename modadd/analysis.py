@@ -143,7 +143,7 @@ def analyze_member(job: Path, member: int, out: Path, settings: Settings) -> dic
         "replacement": plots.replacement_curve(replacement),
         "frequency_ablation": plots.frequency_ablation(ablation, baseline=result["full_acc"]),
         "activation_heatmaps": plots.activation_heatmaps(fc1, fc2, chosen),
-        "neuron_weights": plots.neuron_weights(fc1, fc2, fits, chosen),
+        "neuron_weights": plots.neuron_weights(fc1, fc2, fits, chosen, folded=True),
         "weight_similarity": plots.weight_similarity(fc1, fc2),
         "tsne_kmeans": plots.tsne_kmeans(fc1, fits, clusters=min(10, hidden), seed=settings.seed) if hidden >= 4 else None,
     }

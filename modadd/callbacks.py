@@ -31,12 +31,12 @@ class EpochLog(Callback):
     def __init__(self, path: str | Path, print_every: int = 100):
         self.path = Path(path)
         self.print_every = print_every
-        self.rows: list[dict[str, float]] = []
+        self.rows: list[dict] = []
         self.columns: list[str] = []
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         # after a checkpoint's loop state is restored: current_epoch is the first epoch to run
-        self.rows = [r for r in read_metrics(self.path) if r["epoch"] < trainer.current_epoch]
+        self.rows = [r for r in _read_rows(self.path) if int(r["epoch"]) < trainer.current_epoch]  # kept as written
         self.columns = list(dict.fromkeys(k for r in self.rows for k in r))
         self._rewrite()
 
@@ -80,13 +80,34 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
     return rows
 
 
+class LastCheckpoint(Callback):
+    """`checkpoints/last.ckpt` every `every_n_epochs` epochs and at the last epoch, for resuming.
+
+    Written to a temporary file and renamed, so a kill mid-write leaves the previous
+    checkpoint whole (Lightning's ModelCheckpoint truncates the file in place). Runs after
+    EpochLog, so every epoch a checkpoint covers is already in metrics.csv.
+    """
+
+    def __init__(self, dirpath: str | Path, every_n_epochs: int = 10):
+        self.path = Path(dirpath) / "last.ckpt"
+        self.every = every_n_epochs
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        if (epoch + 1) % self.every == 0 or epoch + 1 == trainer.max_epochs or trainer.should_stop:
+            tmp = self.path.with_suffix(".tmp")
+            trainer.save_checkpoint(tmp)
+            tmp.replace(self.path)
+
+
 class FitStats(Callback):
     """Cosine fits of every neuron and Nanda-style progress measures, logged as the run goes.
 
     Every `every_n_epochs` (and at the last epoch): the fit statistics (`fit/...`), weight
-    norms and the Fourier sparsity of the weights, and the frequency histogram (W&B histogram;
-    counts per frequency in `freq_counts.csv`). Every `progress_every_n_epochs`: the restricted
-    and excluded losses over all p*p pairs, which need a full forward pass (~10 ms at p=113).
+    norms and the Fourier sparsity of the weights, and the counts per frequency in
+    `freq_counts.csv`. Every `progress_every_n_epochs`: the restricted and excluded losses over
+    all p*p pairs, which need a full forward pass (~10 ms at p=113), and the frequency
+    histogram to W&B (a W&B media log costs ~1 ms, too much for every epoch).
     Every `images_every_n_epochs` and at the end: figures to W&B. At the end: the per-neuron
     table as `neurons.csv` and a W&B table. With K members, each statistic is their mean (plus
     std and per-member values, as for the losses).
@@ -135,12 +156,13 @@ class FitStats(Callback):
         with self.counts_path.open("a", newline="") as f:
             csv.writer(f).writerows([[epoch, k, *c] for k, c in enumerate(counts.tolist())])
         wandb_runs = [lg.experiment for lg in trainer.loggers if isinstance(lg, WandbLogger)]
-        if wandb_runs:
-            media = {"fit/freq_hist": _histogram(fits.out.freq)}
-            if epoch % self.images_every == 0 or last:
-                media.update(_figures(fc1[0], fc2[0]))
-            for run in wandb_runs:
-                run.log(media, commit=False)  # joins the epoch's row, logged next by EpochLog
+        media = {}
+        if wandb_runs and (epoch % self.progress_every == 0 or last):
+            media["fit/freq_hist"] = _histogram(fits.out.freq)
+        if wandb_runs and ((epoch + 1) % self.images_every == 0 or last):
+            media.update(_figures(fc1[0], fc2[0]))
+        for run in wandb_runs if media else []:
+            run.log(media, commit=False)  # joins the epoch's row, logged next by EpochLog
 
     def _progress_measures(self, fc1: Tensor, fc2: Tensor, fits: fourier.NeuronFits) -> dict[str, Tensor]:
         """Restricted / excluded loss over all pairs, for each member's key frequencies."""

@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from modadd.callbacks import EpochLog, read_metrics
+from modadd.callbacks import EpochLog, LastCheckpoint, read_metrics
 from modadd.config import validate
 from modadd.grokking import grokking_epochs
 from modadd.module import GrokModule
@@ -73,7 +73,8 @@ def build(cfg: DictConfig) -> tuple[L.Trainer, GrokModule, L.LightningDataModule
     data: L.LightningDataModule = instantiate(cfg.data)
     module: GrokModule = instantiate(cfg.model)
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
-    callbacks.sort(key=lambda c: isinstance(c, EpochLog))  # the row is written after all others add to it
+    # the row is written after all others add to it, and checkpointed after it is written
+    callbacks.sort(key=lambda c: (isinstance(c, EpochLog), isinstance(c, LastCheckpoint)))
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     return trainer, module, data
 

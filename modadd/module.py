@@ -47,6 +47,7 @@ class GrokModule(L.LightningModule):
         fast: bool = True,
     ):
         super().__init__()
+        betas = tuple(float(b) for b in betas)  # plain types: checkpoints load with weights_only=True
         self.save_hyperparameters(logger=False)
         self.automatic_optimization = False
         self.net = MLPStack.init(p, hidden, [seed + k for k in range(members)])

@@ -35,7 +35,9 @@ def test_killed_run_resumes_bit_identical(tmp_out):
     assert 0 < written < 300, "the kill must land mid-run"
     assert not (killed / "summary.json").exists()
 
+    assert (killed / "checkpoints" / "last.ckpt").exists()
     run_script("train.py", *CONFIG, f"resume={killed}")
+    assert "resuming from" in (killed / "train.log").read_text()
     for name in ("metrics.csv", "freq_counts.csv", "neurons.csv"):
         assert _rows(killed / name) == _rows(whole / name), name  # no epoch missing or twice, same values
     a, b = torch.load(whole / "model.pt"), torch.load(killed / "model.pt")
