@@ -123,10 +123,26 @@ def modadd_run(overrides: list[str], epochs: int) -> list[float]:
         HydraConfig.instance().set_config(cfg)
         trainer, module, data = build(cfg)
         timer = _EpochTimer()
+        for callback in trainer.callbacks:
+            _time_hook(callback, HOOK_TIMES.setdefault(type(callback).__name__, []))
         trainer.callbacks.append(timer)
         trainer.fit(module, datamodule=data)
         finish_run()
     return timer.stamps
+
+
+HOOK_TIMES: dict[str, list[float]] = {}  # callback -> seconds spent in on_train_epoch_end, per epoch
+
+
+def _time_hook(callback: L.Callback, times: list[float]) -> None:
+    hook = callback.on_train_epoch_end
+
+    def timed(trainer, module):
+        start = time.perf_counter()
+        hook(trainer, module)
+        times.append(time.perf_counter() - start)
+
+    callback.on_train_epoch_end = timed
 
 
 def ms(times: list[float], warmup: int = WARMUP) -> float:
@@ -146,8 +162,18 @@ def compare(rounds: int, epochs: int, device: str) -> None:
         print(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {ms(t, 0):.1f} ms/epoch" for n, t in times.items()), flush=True)
     seed, ours, bare = (ms(t, 0) for t in times.values())
     print(f"\nreference config (p=113, hidden=100, batch 128), {rounds} rounds x {epochs} epochs, torch threads {torch.get_num_threads()}")
-    print("| seed loop | modadd train.py | speed-up | modadd without FitStats | FitStats cost |\n|---|---|---|---|---|")
+    print("| seed loop | modadd train.py | speed-up | modadd without FitStats | difference |\n|---|---|---|---|---|")
     print(f"| {seed:.1f} ms/epoch | {ours:.1f} ms/epoch | {seed / ours:.2f}x | {bare:.1f} ms/epoch | {100 * (ours - bare) / bare:+.1f}% |")
+    print("\ntime in each callback's on_train_epoch_end, ms per epoch (share of an epoch without FitStats):")
+    print("| callback | median | mean | mean without the last epoch (FitStats: figures) |\n|---|---|---|---|")
+    for name, t in HOOK_TIMES.items():
+        stats = [1000 * statistics.median(t), 1000 * statistics.mean(t), 1000 * statistics.mean(_drop_last(t, epochs))]
+        print(f"| {name} | " + " | ".join(f"{v:.2f} ({100 * v / bare:.1f}%)" for v in stats) + " |")
+
+
+def _drop_last(times: list[float], epochs: int) -> list[float]:
+    """Per-run epoch times without each run's last epoch."""
+    return [t for i, t in enumerate(times) if (i + 1) % epochs]
 
 
 def scaling(epochs: int) -> None:

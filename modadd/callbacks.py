@@ -96,18 +96,19 @@ class LastCheckpoint(Callback):
         epoch = trainer.current_epoch
         if (epoch + 1) % self.every == 0 or epoch + 1 == trainer.max_epochs or trainer.should_stop:
             tmp = self.path.with_suffix(".tmp")
-            trainer.save_checkpoint(tmp)
+            trainer.save_checkpoint(tmp, weights_only=False)  # the optimiser and loops too, to resume
             tmp.replace(self.path)
 
 
 class FitStats(Callback):
     """Cosine fits of every neuron and Nanda-style progress measures, logged as the run goes.
 
-    Every `every_n_epochs` (and at the last epoch): the fit statistics (`fit/...`), weight
-    norms and the Fourier sparsity of the weights, and the counts per frequency in
-    `freq_counts.csv`. Every `progress_every_n_epochs`: the restricted and excluded losses over
-    all p*p pairs, which need a full forward pass (~10 ms at p=113), and the frequency
-    histogram to W&B (a W&B media log costs ~1 ms, too much for every epoch).
+    Every `every_n_epochs` (and at the last epoch): the fit statistics (`fit/...`), the weight
+    norms, and the counts per frequency in `freq_counts.csv`. Every `progress_every_n_epochs`:
+    the Fourier sparsity of the weights (a second FFT), the restricted and excluded losses over
+    all p*p pairs (a full forward pass, ~10 ms at p=113) and the frequency histogram to W&B (a
+    media log costs ~1 ms); together they would cost more than the 5 % of an epoch this
+    callback is allowed every epoch.
     Every `images_every_n_epochs` and at the end: figures to W&B. At the end: the per-neuron
     table as `neurons.csv` and a W&B table. With K members, each statistic is their mean (plus
     std and per-member values, as for the losses).
@@ -144,9 +145,9 @@ class FitStats(Callback):
         stats = {f"fit/{k}": v for k, v in fourier.fit_statistics(fits).items()}
         norms = fourier.weight_norms(fc1, fc2)
         stats.update({"fit/weight_norm": norms["total"], "fit/weight_norm_fc1": norms["fc1"], "fit/weight_norm_fc2": norms["fc2"]})
-        spectrum = fourier.fourier_norms(fc1, fc2)[..., 1:]
-        stats.update({"fit/fourier_gini": fourier.gini(spectrum), "fit/fourier_ipr": fourier.ipr(spectrum)})
         if epoch % self.progress_every == 0 or last:
+            spectrum = fourier.fourier_norms(fc1, fc2)[..., 1:]
+            stats.update({"fit/fourier_gini": fourier.gini(spectrum), "fit/fourier_ipr": fourier.ipr(spectrum)})
             stats.update(self._progress_measures(fc1, fc2, fits))
         counts = fourier.freq_counts(fits.out.freq, fits.p)[:, 1:]  # (K, p//2)
         names = list(stats)
