@@ -1,4 +1,5 @@
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -39,3 +40,37 @@ def wandb_inspect(job_dir: Path) -> dict:
 @pytest.fixture
 def tmp_out(tmp_path: Path) -> Path:
     return tmp_path
+
+
+# ---------------------------------------------------------------------------- headless Chromium
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# Runs first in <head>, before the report's Content-Security-Policy, which then still applies to
+# everything after it (images included). On load it records on each <img> whether it decoded
+# (its naturalWidth, 0 if not) and on <body> every resource fetched that was not a data: URI.
+PROBE = ("<script>addEventListener('load', () => {"
+         "for (const img of document.images) img.dataset.loaded = img.complete ? img.naturalWidth : 0;"
+         "document.body.dataset.external = performance.getEntriesByType('resource')"
+         ".map(e => e.name).filter(n => !n.startsWith('data:')).join(' ');"
+         "document.body.dataset.probed = 'yes';});</script>")
+
+
+def chromium(tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp / 'profile'}", *args],
+                          capture_output=True, text=True, timeout=120, check=True)
+
+
+needs_chromium = pytest.mark.skipif(
+    not os.access(CHROMIUM, os.X_OK),
+    reason=f"headless Chromium not found ({CHROMIUM}); install it with `apt-get install chromium` to render reports")
+
+
+def rendered_dom(page: Path, tmp: Path) -> str:
+    """The DOM of `page` after Chromium loaded it, with the PROBE's attributes: `data-loaded`
+    on each <img> (its decoded width) and `data-external` on <body> (non-data: fetches)."""
+    probed = tmp / "probed.html"
+    probed.write_text(page.read_text(encoding="utf-8").replace("<head>", "<head>" + PROBE, 1), encoding="utf-8")
+    return chromium(tmp, "--run-all-compositor-stages-before-draw", "--virtual-time-budget=5000",
+                    "--dump-dom", probed.as_uri()).stdout

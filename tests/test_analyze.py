@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import os
+import re
 import shutil
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 from modadd.experiments import accuracy_all_pairs, cosine_network
 from modadd.model import MLP
 
-from conftest import run_script
+from conftest import needs_chromium, rendered_dom, run_script
 
 pytestmark = pytest.mark.slow
 QUICK = ["--orders", "2", "--draws", "2", "--neurons", "16,64"]
@@ -63,6 +64,19 @@ def test_sweep_analysis_reports_broken_jobs_and_analyses_the_rest(sweep, tmp_out
     assert (members / "m0" / "analysis.json").exists() and (members / "m1" / "analysis.json").exists()
     html = (out / "report.html").read_text()
     assert html.count("<img") >= 10 and corrupt.name in html
+
+
+@needs_chromium
+def test_sweep_report_renders_in_chromium_with_every_image(sweep, tmp_out):
+    root = tmp_out / "sweep"
+    shutil.copytree(sweep, root)
+    run_script("analyze.py", str(root), *QUICK)
+    report = root / "analysis" / "report.html"
+    dom = rendered_dom(report, tmp_out)
+    assert 'data-probed="yes"' in dom and 'data-external=""' in dom
+    loaded = re.findall(r'<img[^>]*data-loaded="(\d+)"', dom)
+    assert len(loaded) == report.read_text().count("<img") >= 10
+    assert all(int(width) > 100 for width in loaded)  # every figure decoded
 
 
 def test_hand_built_cosine_network_gives_back_the_fits_it_was_built_from(tmp_out):

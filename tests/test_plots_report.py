@@ -6,10 +6,7 @@ from __future__ import annotations
 import base64
 import csv
 import math
-import os
 import re
-import shutil
-import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -27,6 +24,8 @@ from matplotlib.image import imread
 from modadd import plots
 from modadd.fourier import fit_neurons, wrap_phase
 from modadd.report import Section, Table, figure_to_data_uri, format_cell, write_csv, write_report
+
+from conftest import chromium, needs_chromium, rendered_dom
 
 P, HIDDEN = 13, 16
 FREQS = [1, 3, 5]
@@ -407,32 +406,9 @@ def test_write_csv(tmp_path):
 
 # ---------------------------------------------------------------------------- Chromium
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-# Runs first in <head>, before the report's Content-Security-Policy, which then still applies to
-# everything after it (images included). On load it records on each <img> whether it decoded
-# (its naturalWidth, 0 if not) and on <body> every resource fetched that was not a data: URI.
-PROBE = ("<script>addEventListener('load', () => {"
-         "for (const img of document.images) img.dataset.loaded = img.complete ? img.naturalWidth : 0;"
-         "document.body.dataset.external = performance.getEntriesByType('resource')"
-         ".map(e => e.name).filter(n => !n.startsWith('data:')).join(' ');"
-         "document.body.dataset.probed = 'yes';});</script>")
-
-
-def chromium(tmp: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp / 'profile'}", *args],
-                          capture_output=True, text=True, timeout=120, check=True)
-
-
-@pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason=f"headless Chromium not found ({CHROMIUM}); "
-                    "install it with `apt-get install chromium` to render the report")
+@needs_chromium
 def test_report_renders_in_chromium(report, tmp_path):
-    probed = tmp_path / "probed.html"
-    probed.write_text(report.read_text(encoding="utf-8").replace("<head>", "<head>" + PROBE, 1), encoding="utf-8")
-    dom = chromium(tmp_path, "--run-all-compositor-stages-before-draw", "--virtual-time-budget=5000",
-                   "--dump-dom", probed.as_uri()).stdout
-    page = parse(dom)
+    page = parse(rendered_dom(report, tmp_path))
     (body,) = page.find("body")
     assert body.get("data-probed") == "yes" and body.get("data-external") == ""
     images = page.find("img")
