@@ -108,3 +108,13 @@ def test_fit_statistics_images_and_table_reach_wandb(grokked):
     assert {"fit/frac_same_freq", "fit/phase_sum_error_median", "fit/restricted_loss", "fit/freq_hist",
             "fit/neurons", "fit/phase_sum", "fit/neuron_table"} <= set(w["summary"])
     assert w["summary"]["grokking"]["val_epoch"] is not None
+
+
+def test_grokking_preset_memorises_long_before_it_generalises(tmp_out):
+    run = tmp_out / "run"
+    run_script("train.py", "experiment=grokking", "epochs=200", "logger=csv", f"hydra.run.dir={run}")
+    rows = read_metrics(run / "metrics.csv")
+    train_epoch = next(r["epoch"] for r in rows if r["train/acc"] >= 0.99)
+    assert train_epoch < 150  # memorised (the full run: epoch 116)
+    assert rows[train_epoch]["val/acc"] < 0.05 and rows[-1]["val/acc"] < 0.9  # not yet generalised
+    assert rows[train_epoch]["val/loss"] > rows[0]["val/loss"]  # validation loss above chance
