@@ -118,7 +118,7 @@ class FitStats(Callback):
         self,
         out_dir: str | Path,
         every_n_epochs: int = 1,
-        progress_every_n_epochs: int = 20,
+        progress_every_n_epochs: int = 50,
         images_every_n_epochs: int = 500,
         key_freq_share: float = 0.05,
     ):

@@ -83,7 +83,7 @@ def test_fit_statistics_per_epoch_match_an_independent_fit_of_the_final_model(gr
     rows = read_metrics(grokked / "metrics.csv")
     assert all(0 <= r["fit/frac_same_freq"] <= 1 and r["fit/weight_norm"] > 0 for r in rows)
     progress = [r["epoch"] for r in rows if r["fit/restricted_loss"] == r["fit/restricted_loss"]]
-    assert progress[:3] == [0, 20, 40] and progress[-1] == 249
+    assert progress[:3] == [0, 50, 100] and progress[-1] == 249
     mlp = MLP(31, 128)
     mlp.load_state_dict(torch.load(grokked / "model.pt"))
     fits = fourier.fit_neurons(mlp.fc1.weight.detach(), mlp.fc2.weight.detach())
