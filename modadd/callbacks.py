@@ -119,7 +119,7 @@ class FitStats(Callback):
         out_dir: str | Path,
         every_n_epochs: int = 1,
         progress_every_n_epochs: int = 50,
-        images_every_n_epochs: int = 500,
+        images_every_n_epochs: int = 1000,
         key_freq_share: float = 0.05,
     ):
         self.out_dir = Path(out_dir)
