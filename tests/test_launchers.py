@@ -1,10 +1,13 @@
 """Sweeps on real launchers: joblib (parallel local processes) and submitit (Slurm's path)."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from conftest import run_script, wandb_inspect
+from conftest import ROOT, run_script, wandb_inspect
 
 pytestmark = pytest.mark.slow
 TINY = ["hidden=8,16", "p=7", "epochs=3"]
@@ -24,7 +27,7 @@ def test_joblib_sweep_runs_jobs_in_parallel_with_threads_shared_out(tmp_out):
         assert json.loads((job / "summary.json").read_text())["status"] == "ok"
         log = (job / "train.log").read_text()
         threads = int(log.split("torch thread")[0].rsplit(" ", 2)[-2])
-        assert threads * 2 <= len(__import__("os").sched_getaffinity(0)) or threads == 1
+        assert threads * 2 <= len(os.sched_getaffinity(0)) or threads == 1
         w = wandb_inspect(job)
         assert w["state"] == "finished" and w["name"] == job.name
         runs.add(w["run_id"])
@@ -45,3 +48,14 @@ def test_slurm_preset_composes():
     out = run_script("train.py", "hydra/launcher=slurm", "--cfg", "hydra", "--package", "hydra.launcher").stdout
     for field in ("SlurmLauncher", "partition", "gpus_per_node: 1", "timeout_min: 240", "mem_gb: 16"):
         assert field in out, field
+
+
+def test_two_sweeps_started_in_the_same_second_get_their_own_directories(tmp_out):
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    args = [sys.executable, str(ROOT / "train.py"), "-m", "p=5", "hidden=4", "epochs=1", "logger=csv"]
+    procs = [subprocess.Popen(args, cwd=tmp_out, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for _ in range(2)]  # default sweep dirs, relative to the cwd
+    assert all(p.wait(timeout=300) == 0 for p in procs)
+    sweeps = list((tmp_out / "multirun").glob("*/*"))
+    assert len(sweeps) == 2
+    assert all(len(list(s.glob("*/summary.json"))) == 1 for s in sweeps)
