@@ -61,6 +61,9 @@ def analyze(path: str | Path, out: str | Path | None = None, settings: Settings 
     out = Path(out) if out else (path.parent if path.is_file() else path) / "analysis"
     sweep = len(jobs) != 1 or jobs[0] != path
     runs = [load_run(j) for j in jobs]
+    for run in runs:  # the experiments below are written for addition (labels, replacement, ablation)
+        if run.config.get("operation", "add") != "add" and run.status in ANALYSABLE:
+            run.status, run.reason = "skipped", f"operation={run.config['operation']}: analyze.py covers addition only so far"
     todo = [r for r in runs if r.status in ANALYSABLE and r.metrics or r.path.is_file() and r.status == "ok"]
     units = [(r, k, _unit_dir(out, r, k, sweep)) for r in todo for k in range(r.members or 1)]
     progress(f"{len(jobs)} job(s) under {path}: analysing {len(todo)}, skipping {len(runs) - len(todo)}")

@@ -111,7 +111,9 @@ class FitStats(Callback):
     callback is allowed every epoch.
     Every `images_every_n_epochs` and at the end: figures to W&B. At the end: the per-neuron
     table as `neurons.csv` and a W&B table. With K members, each statistic is their mean (plus
-    std and per-member values, as for the losses).
+    std and per-member values, as for the losses). For `sub`, `mul` and `div` the weights are
+    first re-indexed so that the task is addition (`fourier.addition_basis`: discrete logs for
+    mul/div); neurons.csv names the basis. `x2xyy2` has no such basis: fits only, no losses.
     """
 
     def __init__(
@@ -121,8 +123,10 @@ class FitStats(Callback):
         progress_every_n_epochs: int = 50,
         images_every_n_epochs: int = 1000,
         key_freq_share: float = 0.05,
+        operation: str = "add",
     ):
         self.out_dir = Path(out_dir)
+        self.operation = operation
         self.every = every_n_epochs
         self.progress_every = progress_every_n_epochs
         self.images_every = images_every_n_epochs
@@ -140,12 +144,12 @@ class FitStats(Callback):
         epoch, last = trainer.current_epoch, trainer.current_epoch + 1 == trainer.max_epochs or trainer.should_stop
         if not (epoch % self.every == 0 or last):
             return
-        fc1, fc2 = module.net.seed_weights()  # (K, hidden, 2p), (K, p, hidden)
+        fc1, fc2 = self._weights(module)
         fits = fourier.fit_neurons(fc1, fc2)
         stats = {f"fit/{k}": v for k, v in fourier.fit_statistics(fits).items()}
-        norms = fourier.weight_norms(fc1, fc2)
+        norms = fourier.weight_norms(*module.net.seed_weights())  # of the weights as they are
         stats.update({"fit/weight_norm": norms["total"], "fit/weight_norm_fc1": norms["fc1"], "fit/weight_norm_fc2": norms["fc2"]})
-        if epoch % self.progress_every == 0 or last:
+        if (epoch % self.progress_every == 0 or last) and self.operation != "x2xyy2":
             spectrum = fourier.fourier_norms(fc1, fc2)[..., 1:]
             stats.update({"fit/fourier_gini": fourier.gini(spectrum), "fit/fourier_ipr": fourier.ipr(spectrum)})
             stats.update(self._progress_measures(fc1, fc2, fits))
@@ -165,6 +169,11 @@ class FitStats(Callback):
         for run in wandb_runs if media else []:
             run.log(media, commit=False)  # joins the epoch's row, logged next by EpochLog
 
+    def _weights(self, module: L.LightningModule) -> tuple[Tensor, Tensor]:
+        """`fc1: (K, hidden, 2n)`, `fc2: (K, n, hidden)` in the basis where the task is addition."""
+        fc1, fc2, self.basis = fourier.addition_basis(*module.net.seed_weights(), self.operation)
+        return fc1, fc2
+
     def _progress_measures(self, fc1: Tensor, fc2: Tensor, fits: fourier.NeuronFits) -> dict[str, Tensor]:
         """Restricted / excluded loss over all pairs, for each member's key frequencies."""
         restricted, excluded = [], []
@@ -177,12 +186,12 @@ class FitStats(Callback):
         return {"fit/restricted_loss": torch.stack(restricted), "fit/excluded_loss": torch.stack(excluded)}
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        fc1, fc2 = module.net.seed_weights()
+        fc1, fc2 = self._weights(module)
         table = fourier.fit_neurons(fc1, fc2).table()  # columns (K, hidden)
         K, hidden = fc1.shape[0], fc1.shape[1]
-        columns = ["member", "neuron", *table]
+        columns = ["member", "neuron", *table, "basis"]
         cells = [c.tolist() for c in table.values()]  # per column (K, hidden); frequencies stay ints
-        rows = [[k, n, *(c[k][n] for c in cells)] for k in range(K) for n in range(hidden)]
+        rows = [[k, n, *(c[k][n] for c in cells), self.basis] for k in range(K) for n in range(hidden)]
         _write_rows(self.out_dir / "neurons.csv", columns, [dict(zip(columns, r)) for r in rows])
         for lg in trainer.loggers:
             if isinstance(lg, WandbLogger):

@@ -43,6 +43,7 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "shuffle": (lambda v: isinstance(v, bool), "true or false"),
     "progress_every": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
     "threads": (lambda v: v is None or _int(v) and v >= 1, "null or an integer >= 1"),
+    "operation": (lambda v: v in ("add", "sub", "mul", "div", "x2xyy2"), "one of add, sub, mul, div, x2xyy2"),
 }
 
 
@@ -58,12 +59,20 @@ def validate(cfg: DictConfig) -> None:
             good = False
         if not good:
             raise ConfigError(f"{field}={value!r} is invalid: {field} must be {allowed}")
-    n_train = int(cfg.train_fraction * cfg.p * cfg.p)
-    if not 1 <= n_train < cfg.p * cfg.p:
+    operation = cfg.get("operation", "add")
+    if operation in ("mul", "div") and not (_prime(cfg.p) and cfg.p >= 3):
+        raise ConfigError(f"p={cfg.p} is invalid for operation={operation}: p must be a prime >= 3 (the residues must form a field)")
+    n_pairs = cfg.p * (cfg.p - 1) if operation == "div" else cfg.p * cfg.p
+    n_train = int(cfg.train_fraction * n_pairs)
+    if not 1 <= n_train < n_pairs:
         raise ConfigError(
-            f"train_fraction={cfg.train_fraction} leaves {n_train} of {cfg.p * cfg.p} pairs for training at "
+            f"train_fraction={cfg.train_fraction} leaves {n_train} of {n_pairs} pairs for training at "
             f"p={cfg.p}: train_fraction must leave at least one pair in each split"
         )
+
+
+def _prime(n: int) -> bool:
+    return n >= 2 and all(n % d for d in range(2, int(n**0.5) + 1))
 
 
 def _one_line(err: Exception) -> str:

@@ -1,5 +1,8 @@
 """The mod-p dataset: every pair (a, b) once, a seeded split, tensors that live on the device.
 
+The operation is addition by default; `sub`, `mul`, `div` (b != 0) and `x2xyy2`
+(a^2 + ab + b^2) ask the same network other questions (universality experiments).
+
 The model never sees a one-hot matrix: a pair is the two indices (a, b), and the first layer
 gathers the matching weight columns (see `model.py`). The one-hot form is kept here only as
 the definition the gather is tested against.
@@ -21,9 +24,34 @@ def all_pairs(p: int) -> tuple[Tensor, Tensor]:
     return a.reshape(-1), b.reshape(-1)
 
 
-def labels(a: Tensor, b: Tensor, p: int) -> Tensor:
-    """`(a + b) mod p`, shape of `a`."""
-    return (a + b) % p
+def _inverse(b: Tensor, p: int) -> Tensor:
+    """b^-1 mod prime p (Fermat: b^(p-2)), by table; 0 maps to 0 and is never asked for."""
+    table = torch.tensor([pow(x, p - 2, p) if x else 0 for x in range(p)])
+    return table[b]
+
+
+# operation -> label of the pair (a, b); `mul` and `div` need a prime p, `div` has b != 0
+OPERATIONS = {
+    "add": lambda a, b, p: (a + b) % p,
+    "sub": lambda a, b, p: (a - b) % p,
+    "mul": lambda a, b, p: (a * b) % p,
+    "div": lambda a, b, p: (a * _inverse(b, p)) % p,
+    "x2xyy2": lambda a, b, p: (a * a + a * b + b * b) % p,
+}
+
+
+def labels(a: Tensor, b: Tensor, p: int, operation: str = "add") -> Tensor:
+    """The answer `a o b mod p` for each pair, shape of `a` (default: `(a + b) mod p`)."""
+    return OPERATIONS[operation](a, b, p)
+
+
+def operation_pairs(p: int, operation: str = "add") -> tuple[Tensor, Tensor]:
+    """The pairs an operation is defined on: all p*p (row a*p + b), without b = 0 for `div`."""
+    a, b = all_pairs(p)
+    if operation == "div":
+        keep = b != 0
+        a, b = a[keep], b[keep]
+    return a, b
 
 
 def one_hot(a: Tensor, b: Tensor, p: int) -> Tensor:
@@ -35,14 +63,15 @@ def one_hot(a: Tensor, b: Tensor, p: int) -> Tensor:
     return x
 
 
-def split(p: int, train_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-    """Indices of the train and validation pairs into `all_pairs(p)`.
+def split(p: int, train_fraction: float, seed: int, operation: str = "add") -> tuple[Tensor, Tensor]:
+    """Indices of the train and validation pairs into `operation_pairs(p, operation)`.
 
     numpy's legacy `RandomState(seed).permutation` is the seed notebook's shuffle
     (`np.random.seed(1337); np.random.permutation(p*p)`), so seed 1337 gives its exact split.
     """
-    order = torch.from_numpy(np.random.RandomState(seed).permutation(p * p))
-    n_train = int(train_fraction * p * p)
+    n = len(operation_pairs(p, operation)[0])
+    order = torch.from_numpy(np.random.RandomState(seed).permutation(n))
+    n_train = int(train_fraction * n)
     return order[:n_train], order[n_train:]
 
 
@@ -66,14 +95,14 @@ class ModAddData(L.LightningDataModule):
     costs no per-sample collation and Lightning's per-batch overhead is paid once.
     """
 
-    def __init__(self, p: int, train_fraction: float, seed: int):
+    def __init__(self, p: int, train_fraction: float, seed: int, operation: str = "add"):
         super().__init__()
-        self.p, self.train_fraction, self.seed = p, train_fraction, seed
+        self.p, self.train_fraction, self.seed, self.operation = p, train_fraction, seed, operation
 
     def setup(self, stage: str | None = None) -> None:
-        a, b = all_pairs(self.p)
-        y = labels(a, b, self.p)
-        train_idx, val_idx = split(self.p, self.train_fraction, self.seed)
+        a, b = operation_pairs(self.p, self.operation)
+        y = labels(a, b, self.p, self.operation)
+        train_idx, val_idx = split(self.p, self.train_fraction, self.seed, self.operation)
         self.train = (a[train_idx], b[train_idx], y[train_idx])
         self.val = (a[val_idx], b[val_idx], y[val_idx])
 

@@ -300,3 +300,31 @@ def restricted_excluded_loss(logits: Tensor, key_freqs: Tensor) -> tuple[Tensor,
     logp = F.log_softmax(excluded, dim=-1)
     excluded_loss = -logp.gather(-1, labels[:, None].expand(*batch, p * p, 1)).mean(dim=(-2, -1))
     return restricted_loss, excluded_loss
+
+
+def primitive_root(p: int) -> int:
+    """The smallest generator g of the multiplicative group mod a prime p (every x != 0 is g^i)."""
+    factors = {q for q in range(2, p) if (p - 1) % q == 0 and all(q % d for d in range(2, int(q**0.5) + 1))}
+    return next(g for g in range(1, p) if all(pow(g, (p - 1) // q, p) != 1 for q in factors))
+
+
+def addition_basis(fc1: Tensor, fc2: Tensor, operation: str) -> tuple[Tensor, Tensor, str]:
+    """Re-index the weights so that the network's task becomes addition, for fits and losses.
+
+    `sub`: b -> -b. `mul`: every non-zero residue x = g^i is indexed by its discrete log i, so
+    multiplication mod p becomes addition mod p-1 (the zero residue is dropped); `div`: the
+    same with b -> b^-1. `add` and `x2xyy2` (no additive structure) are left as they are.
+    Returns `fc1: (..., hidden, 2n)`, `fc2: (..., n, hidden)` with n = p or p-1, and the basis
+    in words (for the outputs to say which basis a fit used).
+    """
+    p = _check_weights(fc1, fc2)
+    if operation in ("add", "x2xyy2"):
+        return fc1, fc2, "residues"
+    if operation == "sub":
+        neg = (-torch.arange(p, device=fc1.device)) % p
+        return torch.cat([fc1[..., :p], fc1[..., p:][..., neg]], dim=-1), fc2, "residues, b negated"
+    g = primitive_root(p)
+    powers = torch.tensor([pow(g, i, p) for i in range(p - 1)], device=fc1.device)
+    b_index = torch.tensor([pow(g, -i % (p - 1), p) for i in range(p - 1)], device=fc1.device) if operation == "div" else powers
+    basis = f"discrete log base {g}" + (", b inverted" if operation == "div" else "")
+    return torch.cat([fc1[..., powers], fc1[..., p + b_index]], dim=-1), fc2[..., powers, :], basis
