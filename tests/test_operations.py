@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from modadd.data import ModAddData, labels, operation_pairs, split
-from modadd.fourier import addition_basis, all_pairs_logits, fit_neurons, primitive_root
+from modadd.fourier import addition_basis, all_pairs_logits, primitive_root
 
 from conftest import run_script
 
