@@ -4,7 +4,7 @@
     python analyze.py multirun/2026-11-22/10-31-07-512004/hidden=64,weight_decay=0.1   # one job
     python analyze.py outputs/2026-11-22/10-31-07-512004/checkpoints/last.ckpt          # one checkpoint
 
-Writes to <path>/analysis/ (or --out): per job analysis.json, neurons.csv and the figures of
+Writes to <path>/analysis/ (beside a checkpoint or model file; or --out): per job analysis.json, neurons.csv and the figures of
 the Bussmann post (cosine fits, phase-sum rule, replacement by fits, random cosine networks,
 frequency ablation, activations, weight similarity, t-SNE/k-means); for the whole,
 summary.csv (one row per job, with its status) and report.html (one self-contained page).

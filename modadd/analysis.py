@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from modadd import experiments, fourier, plots  # noqa: E402
-from modadd.data import all_pairs, labels, split  # noqa: E402
+from modadd.data import labels, operation_pairs, split  # noqa: E402
 from modadd.grokking import grokking_epochs  # noqa: E402
 from modadd.report import Section, Table, write_csv, write_report  # noqa: E402
 from modadd.runs import Run, RunError, find_jobs, load_run, load_weights  # noqa: E402
@@ -61,37 +61,43 @@ def analyze(path: str | Path, out: str | Path | None = None, settings: Settings 
     out = Path(out) if out else (path.parent if path.is_file() else path) / "analysis"
     sweep = len(jobs) != 1 or jobs[0] != path
     runs = [load_run(j) for j in jobs]
-    for run in runs:  # the experiments below are written for addition (labels, replacement, ablation)
-        if run.config.get("operation", "add") != "add" and run.status in ANALYSABLE:
-            run.status, run.reason = "skipped", f"operation={run.config['operation']}: analyze.py covers addition only so far"
+    for run in runs:  # the experiments need a basis in which the task is addition
+        if run.config.get("operation") == "x2xyy2" and run.status in ANALYSABLE:
+            run.status, run.reason = "skipped", "operation=x2xyy2 has no basis in which it is addition: no cosine analysis"
     todo = [r for r in runs if r.status in ANALYSABLE and r.metrics or r.path.is_file() and r.status == "ok"]
     units = [(r, k, _unit_dir(out, r, k, sweep)) for r in todo for k in range(r.members or 1)]
     progress(f"{len(jobs)} job(s) under {path}: analysing {len(todo)}, skipping {len(runs) - len(todo)}")
 
+    member_counts = {r.path: r.members or 1 for r in runs}
     results: dict[tuple[Path, int], dict] = {}
     curves: dict[int, list[dict]] = {}
     with _pool(settings.workers) as pool:
-        futures = {pool.submit(random_cosine, p, settings): ("cosine", p) for p in {r.p for r, _, _ in units}}
+        futures = {pool.submit(random_cosine, n, settings): ("cosine", n) for n in {_basis_size(r) for r, _, _ in units}}
         futures.update({pool.submit(analyze_member, r.path, k, d, settings): ("job", (r.path, k)) for r, k, d in units})
         done = 0
         for future in as_completed(futures):
             kind, key = futures[future]
             if kind == "cosine":
-                curves[key] = future.result()
+                try:
+                    curves[key] = future.result()
+                except (ValueError, RuntimeError, MemoryError) as err:
+                    curves[key] = []
+                    progress(f"random cosine networks at p={key} failed: {str(err).splitlines()[0]}")
                 continue
             done += 1
             try:
                 results[key] = future.result()
-                progress(f"[{done}/{len(units)}] {_name(key[0], key[1], sweep)}: done")
+                progress(f"[{done}/{len(units)}] {_name(key[0], key[1], member_counts[key[0]])}: done")
             except (RunError, ValueError, RuntimeError) as err:
                 results[key] = {"status": "unreadable", "reason": str(err).splitlines()[0]}
-                progress(f"[{done}/{len(units)}] {_name(key[0], key[1], sweep)}: skipped ({results[key]['reason']})")
+                progress(f"[{done}/{len(units)}] {_name(key[0], key[1], member_counts[key[0]])}: skipped ({results[key]['reason']})")
 
     for run, k, unit_dir in units:
         result = results[(run.path, k)]
         if result.get("status") == "analysed":
-            result["random_cosine"] = curves[run.p]
-            _save_figure(plots.random_cosine_curve(curves[run.p]), unit_dir / "random_cosine.png")
+            result["random_cosine"] = curves[_basis_size(run)]
+            if result["random_cosine"]:
+                _save_figure(plots.random_cosine_curve(result["random_cosine"]), unit_dir / "random_cosine.png")
             result["status"] = run.status
             (unit_dir / "analysis.json").write_text(json.dumps(result, indent=2, allow_nan=True))
     rows = summary_rows(runs, units, results)
@@ -114,6 +120,9 @@ def analyze_member(job: Path, member: int, out: Path, settings: Settings) -> dic
     if not (torch.isfinite(fc1).all() and torch.isfinite(fc2).all()):
         raise RunError("weights are not finite (diverged)")
     p, hidden = fc2.shape
+    operation = run.config.get("operation", "add")
+    original = _split_accuracies(run, fc1, fc2)  # on the operation's own pairs and labels
+    fc1, fc2, basis = fourier.addition_basis(fc1, fc2, operation)  # the task is now addition mod n
     out.mkdir(parents=True, exist_ok=True)
     fits = fourier.fit_neurons(fc1, fc2)
     stats = {k: v.item() for k, v in fourier.fit_statistics(fits).items()}
@@ -122,8 +131,9 @@ def analyze_member(job: Path, member: int, out: Path, settings: Settings) -> dic
     rows = _member_rows(run.metrics, member, (run.members or 1) > 1)
     result = {
         "job": str(job), "member": member, "p": p, "hidden": hidden, "status": "analysed",
-        **_split_accuracies(run, fc1, fc2),
-        "full_acc": experiments.accuracy_all_pairs(fc1, fc2).item(),
+        "operation": operation, "basis": basis,
+        **original,
+        "basis_acc": experiments.accuracy_all_pairs(fc1, fc2).item(),
         "fit": {
             "frac_same_freq": stats["frac_same_freq"],
             "phase_sum_error_median": stats["phase_sum_error_median"],
@@ -144,7 +154,7 @@ def analyze_member(job: Path, member: int, out: Path, settings: Settings) -> dic
         "phase_sum": plots.phase_sum(fits),
         "frequency_histogram": plots.frequency_histogram(fits.out.freq, p),
         "replacement": plots.replacement_curve(replacement),
-        "frequency_ablation": plots.frequency_ablation(ablation, baseline=result["full_acc"]),
+        "frequency_ablation": plots.frequency_ablation(ablation, baseline=result["basis_acc"]),
         "activation_heatmaps": plots.activation_heatmaps(fc1, fc2, chosen),
         "neuron_weights": plots.neuron_weights(fc1, fc2, fits, chosen, folded=True),
         "weight_similarity": plots.weight_similarity(fc1, fc2),
@@ -194,17 +204,25 @@ def summary_rows(runs: list[Run], units: list, results: dict) -> list[dict]:
     return rows
 
 
+def _basis_size(run: Run) -> int:
+    """n of the addition basis: p - 1 for mul / div (discrete logs of the non-zero residues)."""
+    return run.p - 1 if run.config.get("operation") in ("mul", "div") else run.p
+
+
 def _split_accuracies(run: Run, fc1: torch.Tensor, fc2: torch.Tensor) -> dict:
-    """Train / validation accuracy recomputed from the run's split (its p, train_fraction, seed)."""
+    """Accuracy over all the operation's pairs, and over the run's train / validation split
+    (recomputed from its p, train_fraction and seed)."""
     cfg = run.config
-    if not all(k in cfg for k in ("p", "train_fraction", "seed")):
-        return {"train_acc": None, "val_acc": None}
     p = fc2.shape[0]
-    a, b = all_pairs(p)
-    train, val = split(p, cfg["train_fraction"], cfg["seed"])
-    logits = fourier.all_pairs_logits(fc1, fc2)
-    right = logits.argmax(-1) == labels(a, b, p)
-    return {"train_acc": right[train].float().mean().item(), "val_acc": right[val].float().mean().item()}
+    operation = cfg.get("operation", "add")
+    a, b = operation_pairs(p, operation)
+    rows = a * p + b  # into all_pairs_logits' rows
+    right = fourier.all_pairs_logits(fc1, fc2)[rows].argmax(-1) == labels(a, b, p, operation)
+    full = right.float().mean().item()
+    if not all(k in cfg for k in ("train_fraction", "seed")):
+        return {"full_acc": full, "train_acc": None, "val_acc": None}
+    train, val = split(p, cfg["train_fraction"], cfg["seed"], operation)
+    return {"full_acc": full, "train_acc": right[train].float().mean().item(), "val_acc": right[val].float().mean().item()}
 
 
 def _member_rows(metrics: list[dict], member: int, stacked: bool) -> list[dict]:
@@ -241,7 +259,8 @@ def _report_sections(rows: list[dict], runs: list[Run], units: list, results: di
         if "reason" in res:
             continue
         fit = res["fit"]
-        text = (f"p = {res['p']}, hidden = {res['hidden']}, status {res['status']}. Accuracy: train {_pct(res['train_acc'])}, "
+        text = (f"p = {res['p']}, hidden = {res['hidden']}, operation {res['operation']} (fits and experiments in the basis: "
+                f"{res['basis']}), status {res['status']}. Accuracy: train {_pct(res['train_acc'])}, "
                 f"validation {_pct(res['val_acc'])}, all pairs {_pct(res['full_acc'])}. "
                 f"{_pct(fit['frac_same_freq'])} of neurons have one frequency for a, b and out; median phase-sum error "
                 f"{fit['phase_sum_error_median']:.3f} rad; {fit['distinct_freqs']} distinct frequencies; "
@@ -249,7 +268,7 @@ def _report_sections(rows: list[dict], runs: list[Run], units: list, results: di
         tables = [Table(["fraction replaced", "acc mean", "acc std"], [[r["fraction"], r["acc_mean"], r["acc_std"]] for r in res["replacement"]]),
                   Table(["random cosine neurons", "acc mean", "acc std"], [[r["neurons"], r["acc_mean"], r["acc_std"]] for r in res["random_cosine"]])]
         pngs = sorted(unit_dir.glob("*.png"))
-        sections.append(Section(_name(run.path, k, sweep), text=text, tables=tables, figures=[(f.stem.replace("_", " "), str(f)) for f in pngs]))
+        sections.append(Section(_name(run.path, k, run.members or 1), text=text, tables=tables, figures=[(f.stem.replace("_", " "), str(f)) for f in pngs]))
     return sections
 
 
@@ -288,8 +307,8 @@ def _unit_dir(out: Path, run: Run, member: int, sweep: bool) -> Path:
     return base / f"m{member}" if (run.members or 1) > 1 else base
 
 
-def _name(job: Path, member: int, sweep: bool) -> str:
-    return job.name + (f" / member {member}" if member else "")
+def _name(job: Path, member: int, members: int) -> str:
+    return job.name + (f" / member {member}" if members > 1 else "")
 
 
 def _number(value: object) -> float | None:
@@ -304,5 +323,6 @@ def _pct(value: float | None) -> str:
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
-    # fork is fast and the parent has run no torch kernels yet (none of its thread pools exist)
-    return ProcessPoolExecutor(max_workers=max(1, workers), mp_context=multiprocessing.get_context("fork"))
+    # spawn, not fork: the parent has run torch (reading checkpoints), and a forked child can
+    # hang in an OpenMP pool its parent started; fresh workers cost a few seconds of imports
+    return ProcessPoolExecutor(max_workers=max(1, workers), mp_context=multiprocessing.get_context("spawn"))

@@ -37,7 +37,7 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "batch_size": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
     "epochs": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
     "train_fraction": (lambda v: _num(v) and 0 < v < 1, "a number in (0, 1)"),
-    "seed": (_int, "an integer"),
+    "seed": (lambda v: _int(v) and 0 <= v < 2**32, "an integer in [0, 2**32)"),
     "members": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
     "betas": (lambda v: len(v) == 2 and all(_num(b) and 0 <= b < 1 for b in v), "two numbers in [0, 1)"),
     "shuffle": (lambda v: isinstance(v, bool), "true or false"),
@@ -142,4 +142,20 @@ def apply_resume(argv: list[str]) -> list[str]:
         target = str(found[-1])
     if not Path(target).is_dir():
         raise ConfigError(f"resume={target} is invalid: resume must be an existing run or sweep directory (or latest)")
+    _check_same_overrides(Path(target), rest, multirun)
     return [*rest, f"hydra.{'sweep' if multirun else 'run'}.dir={target}"]
+
+
+def _check_same_overrides(target: Path, argv: list[str], multirun: bool) -> None:
+    """A resumed run must be the same run: its checkpoint's optimiser state and metrics.csv
+    belong to the overrides it was started with."""
+    from omegaconf import OmegaConf
+
+    record = target / ("multirun.yaml" if multirun else ".hydra/overrides.yaml")
+    if not record.is_file():
+        raise ConfigError(f"resume={target} is invalid: no {record.name} there, so it is not a {'sweep' if multirun else 'run'} directory")
+    saved = OmegaConf.load(record)
+    before = sorted(saved.hydra.overrides.task if multirun else saved)
+    now = sorted(a for a in argv if not a.startswith("-") and not a.startswith(("hydra.", "hydra/")))
+    if before != now:
+        raise ConfigError(f"resume={target} was started with overrides {before}, this command has {now}: give the same ones")

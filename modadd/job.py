@@ -36,7 +36,7 @@ def train(cfg: DictConfig) -> float:
     log.info("job %s: %d torch thread(s)", out, torch.get_num_threads())
     done = _finished(out, cfg.epochs)
     if done is not None:
-        log.info("%s already finished all %d epochs: skipped", out, cfg.epochs)
+        log.info("%s already finished (%s): skipped", out, done["status"])
         return done["final"].get("val/acc", math.nan)
     try:
         summary = _fit(cfg, out)
@@ -73,10 +73,15 @@ def build(cfg: DictConfig) -> tuple[L.Trainer, GrokModule, L.LightningDataModule
     data: L.LightningDataModule = instantiate(cfg.data)
     module: GrokModule = instantiate(cfg.model)
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
-    # the row is written after all others add to it, and checkpointed after it is written
-    callbacks.sort(key=lambda c: (isinstance(c, EpochLog), isinstance(c, LastCheckpoint)))
+    callbacks.sort(key=callback_rank)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     return trainer, module, data
+
+
+def callback_rank(callback: L.Callback) -> int:
+    """Sort key: the metrics row is written after every callback added to it (EpochLog after
+    the others), and a checkpoint only covers epochs whose row is written (LastCheckpoint last)."""
+    return 2 if isinstance(callback, LastCheckpoint) else 1 if isinstance(callback, EpochLog) else 0
 
 
 def _fit(cfg: DictConfig, out: Path) -> dict:
@@ -112,7 +117,8 @@ def _finished(out: Path, epochs: int) -> dict | None:
         summary = json.loads((out / "summary.json").read_text())
     except (OSError, ValueError):
         return None
-    return summary if summary.get("status") == "ok" and summary.get("epochs_run") == epochs else None
+    finished = summary.get("status") == "ok" and summary.get("epochs_run") == epochs
+    return summary if finished or summary.get("status") == "diverged" else None  # NaN weights stay NaN
 
 
 def _save_models(module: GrokModule, out: Path) -> None:

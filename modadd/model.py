@@ -6,7 +6,7 @@ leading member dimension, so K models train with one set of kernels. Its paramet
 out for the gather and the batched matmul (`W_in: (K, 2p, hidden)`, `W_out: (K, hidden, p)`),
 the transposes of the seed's `fc1.weight` / `fc2.weight`.
 
-`MLPStack.loss_and_grads` is a hand-written backward pass for the ReLU network: on this tiny
+`MLPStack.backward` is a hand-written backward pass for the ReLU network: on this tiny
 model the cost of a step is the number of small ops, and autograd's graph doubles it. Autograd
 (`MLPStack.forward` + `loss.backward()`) stays the reference it is tested against.
 """
@@ -112,8 +112,10 @@ class MLPStack(nn.Module):
         h = pre.relu()
         logits = torch.bmm(h, self.W_out)  # (K, B, p)
         target = y.unsqueeze(-1)
-        # ties aside (measure zero), "the right logit is the largest" is argmax == y, 5x cheaper
-        correct = (logits.gather(-1, target) >= logits.amax(-1, keepdim=True)).sum((1, 2))
+        # "the right logit is the largest" is argmax == y but for exact ties (measure zero once
+        # trained) at a fifth of argmax's cost; all-equal logits (a dead network) count as wrong
+        right = logits.gather(-1, target)
+        correct = ((right >= logits.amax(-1, keepdim=True)) & (right > logits.amin(-1, keepdim=True))).sum((1, 2))
         logp = logits.log_softmax(-1)
         loss = -logp.gather(-1, target).mean((1, 2))
         d_logits = logp.exp_().scatter_add_(-1, target, torch.full_like(target, -1, dtype=logp.dtype))

@@ -27,7 +27,7 @@ def test_joblib_sweep_runs_jobs_in_parallel_with_threads_shared_out(tmp_out):
         assert json.loads((job / "summary.json").read_text())["status"] == "ok"
         log = (job / "train.log").read_text()
         threads = int(log.split("torch thread")[0].rsplit(" ", 2)[-2])
-        assert threads * 2 <= len(os.sched_getaffinity(0)) or threads == 1
+        assert threads == max(1, len(os.sched_getaffinity(0)) // 2)  # 2 jobs at once share the cores
         w = wandb_inspect(job)
         assert w["state"] == "finished" and w["name"] == job.name
         runs.add(w["run_id"])

@@ -69,10 +69,22 @@ def test_multiplication_trains_and_its_fits_use_the_discrete_log_basis(tmp_out):
     neurons = (run / "neurons.csv").read_text().splitlines()
     assert neurons[0].endswith(",basis") and "discrete log base 3" in neurons[1]
     assert summary["final"]["fit/frac_same_freq"] > 0.5  # cosine neurons in log space
-    proc = run_script("analyze.py", str(run), check=False)
-    assert proc.returncode != 0 and "covers addition only" in proc.stderr
+    run_script("analyze.py", str(run), "--orders", "2", "--draws", "2", "--neurons", "16,64")
+    analysis = json.loads((run / "analysis" / "analysis.json").read_text())
+    assert analysis["operation"] == "mul" and analysis["basis"] == "discrete log base 3"
+    assert analysis["fit"]["frac_same_freq"] > 0.5 and analysis["val_acc"] > 0.9
+    assert analysis["replacement"][0]["acc_mean"] == analysis["basis_acc"]  # the non-zero pairs, in log space
 
 
 def test_mul_needs_a_prime():
     proc = run_script("train.py", "operation=mul", "p=12", check=False)
     assert proc.returncode != 0 and "p must be a prime" in proc.stderr
+
+
+@pytest.mark.slow
+def test_analysis_skips_an_operation_without_an_addition_basis(tmp_out):
+    run = tmp_out / "run"
+    run_script("train.py", "operation=x2xyy2", "p=7", "hidden=8", "epochs=2", "logger=csv", f"hydra.run.dir={run}")
+    assert "residues" in (run / "neurons.csv").read_text().splitlines()[1]
+    proc = run_script("analyze.py", str(run), check=False)
+    assert proc.returncode != 0 and "x2xyy2 has no basis in which it is addition" in proc.stderr

@@ -56,3 +56,12 @@ def test_same_seed_same_config_gives_identical_metrics(tmp_out):
 def test_resume_needs_an_existing_directory(tmp_out):
     proc = run_script("train.py", f"resume={tmp_out / 'nope'}", check=False)
     assert proc.returncode != 0 and "resume must be an existing run or sweep directory" in proc.stderr
+
+
+def test_resume_with_other_overrides_is_refused(tmp_out):
+    run = tmp_out / "run"
+    run_script("train.py", "p=7", "hidden=8", "epochs=2", "logger=csv", f"hydra.run.dir={run}")
+    before = (run / "metrics.csv").read_text()
+    proc = run_script("train.py", "p=7", "hidden=9", "epochs=2", "logger=csv", f"resume={run}", check=False)
+    assert proc.returncode != 0 and "was started with overrides" in proc.stderr
+    assert (run / "metrics.csv").read_text() == before and "hidden: 8" in (run / ".hydra" / "config.yaml").read_text()

@@ -118,3 +118,20 @@ def test_grokking_preset_memorises_long_before_it_generalises(tmp_out):
     assert train_epoch < 150  # memorised (the full run: epoch 116)
     assert rows[train_epoch]["val/acc"] < 0.05 and rows[-1]["val/acc"] < 0.9  # not yet generalised
     assert rows[train_epoch]["val/loss"] > rows[0]["val/loss"]  # validation loss above chance
+
+
+def test_callbacks_run_in_the_order_that_keeps_checkpoints_behind_the_metrics_row():
+    """FitStats adds to the row, EpochLog writes it, LastCheckpoint then covers it: a kill between
+    two of them never leaves a checkpoint for an epoch missing from metrics.csv."""
+    from hydra import compose, initialize_config_dir
+
+    from modadd.callbacks import EpochLog, FitStats, LastCheckpoint
+    from modadd.config import CONF_DIR
+    from modadd.job import callback_rank
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config")
+    names = list(cfg.callbacks)
+    fake = {"epoch_log": EpochLog("x.csv"), "fit_stats": FitStats("."), "last_checkpoint": LastCheckpoint(".")}
+    ordered = sorted((fake[n] for n in names), key=callback_rank)
+    assert [type(c) for c in ordered] == [FitStats, EpochLog, LastCheckpoint]
