@@ -275,7 +275,8 @@ def _report_sections(rows: list[dict], runs: list[Run], units: list, results: di
 def _sweep_figures(rows: list[dict], runs: list[Run], out: Path) -> list[tuple[str, str]]:
     """Final validation accuracy and grokking epoch over the swept axes; all curves overlaid."""
     axes = [k for k in dict.fromkeys(k for r in runs for k in r.overrides) if len({r.overrides.get(k) for r in runs}) > 1]
-    numeric = [{**r, **{a: _number(r.get(a)) for a in axes}} for r in rows]
+    numbers = {a for a in axes if all(_number(r.get(a)) is not None for r in rows if r.get(a) is not None)}
+    numeric = [{**r, **{a: _number(r.get(a)) for a in numbers}} for r in rows]  # categorical axes stay text
     figures = {}
     for value in ("val/acc", "grokking_val_epoch"):
         if len(axes) == 2:

@@ -1,5 +1,6 @@
 """Other group operations: exhaustive labels, the data they are defined on, the basis of the fits."""
 
+import csv
 import itertools
 import json
 
@@ -88,3 +89,16 @@ def test_analysis_skips_an_operation_without_an_addition_basis(tmp_out):
     assert "residues" in (run / "neurons.csv").read_text().splitlines()[1]
     proc = run_script("analyze.py", str(run), check=False)
     assert proc.returncode != 0 and "x2xyy2 has no basis in which it is addition" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_sweep_over_operations_is_analysed_and_compared(tmp_out):
+    sweep = tmp_out / "sweep"
+    run_script("train.py", "-m", "operation=add,sub,mul,div", "p=7", "hidden=8", "epochs=3", "logger=csv",
+               f"hydra.sweep.dir={sweep}")
+    run_script("analyze.py", str(sweep), "--orders", "1", "--draws", "1", "--neurons", "8")
+    with open(sweep / "analysis" / "summary.csv") as f:
+        rows = {r["operation"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"add", "sub", "mul", "div"} and all(r["analysed"] == "True" for r in rows.values())
+    assert all(r["distinct_freqs"] and r["val/acc"] for r in rows.values())
+    assert len(list((sweep / "analysis").glob("sweep_*.png"))) >= 2
