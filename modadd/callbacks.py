@@ -165,7 +165,7 @@ class FitStats(Callback):
         if wandb_runs and (epoch % self.progress_every == 0 or last):
             media["fit/freq_hist"] = _histogram(fits.out.freq)
         if wandb_runs and ((epoch + 1) % self.images_every == 0 or last):
-            media.update(_figures(fc1[0], fc2[0]))
+            media.update(_figures(fc1[0], fc2[0], fits.member(0)))
         for run in wandb_runs if media else []:
             run.log(media, commit=False)  # joins the epoch's row, logged next by EpochLog
 
@@ -178,8 +178,7 @@ class FitStats(Callback):
         """Restricted / excluded loss over all pairs, for each member's key frequencies."""
         restricted, excluded = [], []
         for k in range(fc1.shape[0]):
-            member_fits = fourier.fit_neurons(fc1[k], fc2[k])
-            key = fourier.key_frequencies(member_fits, self.key_freq_share)
+            key = fourier.key_frequencies(fits.member(k), self.key_freq_share)
             r, e = fourier.restricted_excluded_loss(fourier.all_pairs_logits(fc1[k], fc2[k]), key)
             restricted.append(r)
             excluded.append(e)
@@ -205,7 +204,7 @@ def _histogram(freq: Tensor):
     return wandb.Histogram(np_histogram=np.histogram(values, bins=np.arange(0.5, values.max() + 1.5)))
 
 
-def _figures(fc1: Tensor, fc2: Tensor) -> dict:
+def _figures(fc1: Tensor, fc2: Tensor, fits: fourier.NeuronFits) -> dict:
     """A few neurons with their fitted cosines, the frequency histogram, the phase-sum plot."""
     import matplotlib.pyplot as plt
     import wandb
@@ -213,7 +212,6 @@ def _figures(fc1: Tensor, fc2: Tensor) -> dict:
     from modadd import plots
 
     fc1, fc2 = fc1.detach().cpu(), fc2.detach().cpu()
-    fits = fourier.fit_neurons(fc1, fc2)
     figures = {
         "fit/neurons": plots.neuron_weights(fc1, fc2, fits, list(range(min(4, fc1.shape[0])))),
         "fit/freq_histogram": plots.frequency_histogram(fits.out.freq, fits.p),

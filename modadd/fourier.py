@@ -117,6 +117,11 @@ class NeuronFits:
     out: CosineFit
     p: int
 
+    def member(self, k: int) -> NeuronFits:
+        """The fits of member k of a stack (leading dim), without fitting again."""
+        pick = lambda fit: CosineFit(*(getattr(fit, f.name)[k] for f in fields(fit)))  # noqa: E731
+        return NeuronFits(a=pick(self.a), b=pick(self.b), out=pick(self.out), p=self.p)
+
     def to_weights(self) -> tuple[Tensor, Tensor]:
         """The network with every weight vector replaced by its cosine: `fc1: (..., hidden, 2p)`,
         `fc2: (..., p, hidden)` (the seed's `forward_with_replaced_weights` for all neurons)."""

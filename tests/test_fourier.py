@@ -456,3 +456,16 @@ def test_float32_runs() -> None:
     stats = fit_statistics(fits)
     assert stats["phase_sum_error_median"].item() < 1e-4
     assert stats["frac_same_freq"].dtype == torch.float32
+
+
+def test_member_of_a_stacked_fit_equals_fitting_that_member_alone():
+    from modadd.fourier import fit_neurons
+
+    g = torch.Generator().manual_seed(3)
+    fc1, fc2 = torch.randn(3, 8, 22, generator=g), torch.randn(3, 11, 8, generator=g)
+    stacked = fit_neurons(fc1, fc2)
+    for k in range(3):
+        alone, picked = fit_neurons(fc1[k], fc2[k]), stacked.member(k)
+        for kind in ("a", "b", "out"):
+            for name in ("freq", "phase", "scale", "offset", "r2"):
+                torch.testing.assert_close(getattr(getattr(picked, kind), name), getattr(getattr(alone, kind), name))
