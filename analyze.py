@@ -3,27 +3,42 @@
     python analyze.py multirun/2026-11-22/10-31-07-512004                 # a sweep
     python analyze.py multirun/2026-11-22/10-31-07-512004/hidden=64,weight_decay=0.1   # one job
     python analyze.py outputs/2026-11-22/10-31-07-512004/checkpoints/last.ckpt          # one checkpoint
+    python analyze.py --construct gromov --neurons 64,128,256,512 --p 97                # hand-built networks
 
 Writes to <path>/analysis/ (beside a checkpoint or model file; or --out): per job analysis.json, neurons.csv and the figures of
 the Bussmann post (cosine fits, phase-sum rule, replacement by fits, random cosine networks,
 frequency ablation, activations, weight similarity, t-SNE/k-means); for the whole,
 summary.csv (one row per job, with its status) and report.html (one self-contained page).
+
+--construct cosine|gromov builds networks instead (Bussmann's random cosine neurons for ReLU,
+Gromov's analytic solution for x^2), prints their accuracy over all p*p pairs against the width
+N and writes construction.csv, accuracy_vs_neurons.png and one model_N<n>.pt per N (analysable
+with analyze.py, trainable with train.py init=...) to --out (default constructions/<name>_p<p>).
 """
 
 import argparse
 import sys
 
+from modadd.config import ACTIVATIONS
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("path", help="a sweep dir, a job dir, or a .ckpt / model .pt file")
+    parser.add_argument("path", nargs="?", help="a sweep dir, a job dir, or a .ckpt / model .pt file")
+    parser.add_argument("--construct", choices=("cosine", "gromov"), help="build networks instead of reading a run")
+    parser.add_argument("--p", type=int, default=113, help="modulus of --construct (default 113)")
+    parser.add_argument("--activation", choices=ACTIVATIONS, help="activation of --construct (default: the construction's own)")
     parser.add_argument("--out", help="output dir (default: <path>/analysis)")
     parser.add_argument("--orders", type=int, default=5, help="random neuron orders per replaced fraction (default 5)")
     parser.add_argument("--draws", type=int, default=5, help="random cosine networks per size (default 5)")
-    parser.add_argument("--neurons", default="16,32,64,128,256,512", help="random cosine network sizes (default 16,...,512)")
+    parser.add_argument("--neurons", default="16,32,64,128,256,512", help="random cosine / --construct network sizes (default 16,...,512)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random orders and draws (default 0)")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: min(2, cores))")
     args = parser.parse_args()
+    if (args.path is None) == (args.construct is None):
+        parser.error("give either a path to analyse or --construct (not both)")
+    if args.p < 2:
+        parser.error(f"--p={args.p} is invalid: must be an integer >= 2")
     for name in ("orders", "draws"):
         if getattr(args, name) < 1:
             parser.error(f"--{name}={getattr(args, name)} is invalid: must be an integer >= 1")
@@ -33,12 +48,16 @@ def main() -> int:
     except (ValueError, AssertionError):
         parser.error(f"--neurons={args.neurons} is invalid: must be a comma-separated list of integers >= 1")
 
-    from modadd.analysis import Settings, analyze  # heavy imports after the argument checks
+    from modadd.analysis import Settings, analyze, analyze_construction  # heavy imports after the argument checks
     from modadd.runs import RunError
 
     settings = Settings(orders=args.orders, neurons=neurons, draws=args.draws, seed=args.seed)
     if args.workers is not None:
         settings.workers = max(1, args.workers)
+    if args.construct:
+        out = args.out or f"constructions/{args.construct}_p{args.p}"
+        analyze_construction(args.construct, args.p, out, settings, args.activation)
+        return 0
     try:
         analyze(args.path, args.out, settings)
     except RunError as err:

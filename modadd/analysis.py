@@ -25,7 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from modadd import experiments, fourier, plots  # noqa: E402
+from modadd import construct, experiments, fourier, plots  # noqa: E402
 from modadd.data import labels, operation_pairs, split  # noqa: E402
 from modadd.grokking import grokking_epochs  # noqa: E402
 from modadd.report import Section, Table, write_csv, write_report  # noqa: E402
@@ -72,7 +72,8 @@ def analyze(path: str | Path, out: str | Path | None = None, settings: Settings 
     results: dict[tuple[Path, int], dict] = {}
     curves: dict[int, list[dict]] = {}
     with _pool(settings.workers) as pool:
-        futures = {pool.submit(random_cosine, n, settings): ("cosine", n) for n in {_basis_size(r) for r, _, _ in units}}
+        needed = {(_basis_size(r), _activation(r)) for r, _, _ in units}
+        futures = {pool.submit(random_cosine, n, act, settings): ("cosine", (n, act)) for n, act in needed}
         futures.update({pool.submit(analyze_member, r.path, k, d, settings): ("job", (r.path, k)) for r, k, d in units})
         done = 0
         for future in as_completed(futures):
@@ -82,7 +83,7 @@ def analyze(path: str | Path, out: str | Path | None = None, settings: Settings 
                     curves[key] = future.result()
                 except (ValueError, RuntimeError, MemoryError) as err:
                     curves[key] = []
-                    progress(f"random cosine networks at p={key} failed: {str(err).splitlines()[0]}")
+                    progress(f"random cosine networks at p={key[0]} ({key[1]}) failed: {str(err).splitlines()[0]}")
                 continue
             done += 1
             try:
@@ -95,7 +96,7 @@ def analyze(path: str | Path, out: str | Path | None = None, settings: Settings 
     for run, k, unit_dir in units:
         result = results[(run.path, k)]
         if result.get("status") == "analysed":
-            result["random_cosine"] = curves[_basis_size(run)]
+            result["random_cosine"] = curves[(_basis_size(run), _activation(run))]
             if result["random_cosine"]:
                 _save_figure(plots.random_cosine_curve(result["random_cosine"]), unit_dir / "random_cosine.png")
             result["status"] = run.status
@@ -120,20 +121,20 @@ def analyze_member(job: Path, member: int, out: Path, settings: Settings) -> dic
     if not (torch.isfinite(fc1).all() and torch.isfinite(fc2).all()):
         raise RunError("weights are not finite (diverged)")
     p, hidden = fc2.shape
-    operation = run.config.get("operation", "add")
+    operation, activation = run.config.get("operation", "add"), _activation(run)
     original = _split_accuracies(run, fc1, fc2)  # on the operation's own pairs and labels
     fc1, fc2, basis = fourier.addition_basis(fc1, fc2, operation)  # the task is now addition mod n
     out.mkdir(parents=True, exist_ok=True)
     fits = fourier.fit_neurons(fc1, fc2)
     stats = {k: v.item() for k, v in fourier.fit_statistics(fits).items()}
-    replacement = experiments.replacement_curve(fc1, fc2, orders=settings.orders, seed=settings.seed)
-    ablation = experiments.frequency_ablation(fc1, fc2, fits)
+    replacement = experiments.replacement_curve(fc1, fc2, orders=settings.orders, seed=settings.seed, activation=activation)
+    ablation = experiments.frequency_ablation(fc1, fc2, fits, activation)
     rows = _member_rows(run.metrics, member, (run.members or 1) > 1)
     result = {
         "job": str(job), "member": member, "p": p, "hidden": hidden, "status": "analysed",
-        "operation": operation, "basis": basis,
+        "operation": operation, "basis": basis, "activation": activation,
         **original,
-        "basis_acc": experiments.accuracy_all_pairs(fc1, fc2).item(),
+        "basis_acc": experiments.accuracy_all_pairs(fc1, fc2, activation).item(),
         "fit": {
             "frac_same_freq": stats["frac_same_freq"],
             "phase_sum_error_median": stats["phase_sum_error_median"],
@@ -155,7 +156,7 @@ def analyze_member(job: Path, member: int, out: Path, settings: Settings) -> dic
         "frequency_histogram": plots.frequency_histogram(fits.out.freq, p),
         "replacement": plots.replacement_curve(replacement),
         "frequency_ablation": plots.frequency_ablation(ablation, baseline=result["basis_acc"]),
-        "activation_heatmaps": plots.activation_heatmaps(fc1, fc2, chosen),
+        "activation_heatmaps": plots.activation_heatmaps(fc1, fc2, chosen, activation),
         "neuron_weights": plots.neuron_weights(fc1, fc2, fits, chosen, folded=True),
         "weight_similarity": plots.weight_similarity(fc1, fc2),
         "tsne_kmeans": plots.tsne_kmeans(fc1, fits, clusters=min(10, hidden), seed=settings.seed) if hidden >= 4 else None,
@@ -167,10 +168,47 @@ def analyze_member(job: Path, member: int, out: Path, settings: Settings) -> dic
     return result
 
 
-def random_cosine(p: int, settings: Settings) -> list[dict]:
-    """The post's experiment 3 at this p (it depends on p only, so once per sweep and p)."""
+def analyze_construction(name: str, p: int, out: str | Path, settings: Settings, activation: str | None = None,
+                         progress: Callable[[str], None] = print) -> list[dict]:
+    """Accuracy over all p*p pairs of hand-built networks (`construct.CONSTRUCTIONS`) against
+    their width N, `settings.draws` random draws each; with the fits of the first draw.
+
+    Writes to `out`: construction.csv (one row per N), accuracy_vs_neurons.png, and the first
+    draw of each N as `model_N{n}.pt` (the seed's state_dict plus `hyper_parameters` naming p,
+    hidden and the activation), which `analyze.py` analyses and `train.py init=...` starts from.
+    Returns the rows: neurons, activation, acc_mean, acc_std, acc_min, acc_max, and the first
+    draw's frac_same_freq and phase_sum_error_median.
+    """
+    activation = activation or construct.CONSTRUCTIONS[name][1]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    draws = experiments.construction_draws(name, p, settings.neurons, settings.draws, settings.seed, activation)
+    for n, fc1, fc2, acc in draws:
+        stats = fourier.fit_statistics(fourier.fit_neurons(fc1[0], fc2[0]))
+        hp = {"p": p, "hidden": n, "activation": activation, "operation": "add", "construction": name, "seed": settings.seed}
+        state = construct.to_mlp(fc1[0], fc2[0], activation).state_dict()
+        torch.save({"state_dict": state, "hyper_parameters": hp}, out / f"model_N{n}.pt")
+        rows.append({"neurons": n, "activation": activation, "acc_mean": acc.mean().item(),
+                     "acc_std": acc.std(correction=0).item(), "acc_min": acc.min().item(), "acc_max": acc.max().item(),
+                     "frac_same_freq": stats["frac_same_freq"].item(),
+                     "phase_sum_error_median": stats["phase_sum_error_median"].item()})
+    write_csv(out / "construction.csv", rows)
+    _save_figure(plots.random_cosine_curve(rows, name=f"{name} ({activation})"), out / "accuracy_vs_neurons.png")
+    progress(f"{name} construction, p={p}, {activation} activation, {settings.draws} draw(s) per N, seed {settings.seed}")
+    progress(f"{'N':>6} {'acc mean':>9} {'acc std':>8} {'min':>8} {'max':>8}")
+    for r in rows:
+        progress(f"{r['neurons']:>6} {r['acc_mean']:>9.4f} {r['acc_std']:>8.4f} {r['acc_min']:>8.4f} {r['acc_max']:>8.4f}")
+    progress(f"wrote {out / 'construction.csv'}, {out / 'accuracy_vs_neurons.png'} and model_N*.pt")
+    return rows
+
+
+def random_cosine(p: int, activation: str, settings: Settings) -> list[dict]:
+    """The post's experiment 3 at this p with this activation (once per sweep, p and activation)."""
     torch.set_num_threads(1)
-    curve = experiments.random_cosine_curve(p, neurons=settings.neurons, draws=settings.draws, seed=settings.seed)
+    curve = experiments.construction_curve(
+        "cosine", p, neurons=settings.neurons, draws=settings.draws, seed=settings.seed, activation=activation
+    )
     return [{k: r[k] for k in ("neurons", "acc_mean", "acc_std")} for r in curve]
 
 
@@ -204,6 +242,10 @@ def summary_rows(runs: list[Run], units: list, results: dict) -> list[dict]:
     return rows
 
 
+def _activation(run: Run) -> str:
+    return run.config.get("activation", "relu")
+
+
 def _basis_size(run: Run) -> int:
     """n of the addition basis: p - 1 for mul / div (discrete logs of the non-zero residues)."""
     return run.p - 1 if run.config.get("operation") in ("mul", "div") else run.p
@@ -217,7 +259,7 @@ def _split_accuracies(run: Run, fc1: torch.Tensor, fc2: torch.Tensor) -> dict:
     operation = cfg.get("operation", "add")
     a, b = operation_pairs(p, operation)
     rows = a * p + b  # into all_pairs_logits' rows
-    right = fourier.all_pairs_logits(fc1, fc2)[rows].argmax(-1) == labels(a, b, p, operation)
+    right = fourier.all_pairs_logits(fc1, fc2, _activation(run))[rows].argmax(-1) == labels(a, b, p, operation)
     full = right.float().mean().item()
     if not all(k in cfg for k in ("train_fraction", "seed")):
         return {"full_acc": full, "train_acc": None, "val_acc": None}

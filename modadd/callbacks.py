@@ -152,7 +152,7 @@ class FitStats(Callback):
         if (epoch % self.progress_every == 0 or last) and self.operation != "x2xyy2":
             spectrum = fourier.fourier_norms(fc1, fc2)[..., 1:]
             stats.update({"fit/fourier_gini": fourier.gini(spectrum), "fit/fourier_ipr": fourier.ipr(spectrum)})
-            stats.update(self._progress_measures(fc1, fc2, fits))
+            stats.update(self._progress_measures(fc1, fc2, fits, module.net.activation))
         counts = fourier.freq_counts(fits.out.freq, fits.p)[:, 1:]  # (K, p//2)
         names = list(stats)
         values = torch.stack([stats[n].double() for n in names], dim=1).tolist()  # one sync
@@ -174,12 +174,12 @@ class FitStats(Callback):
         fc1, fc2, self.basis = fourier.addition_basis(*module.net.seed_weights(), self.operation)
         return fc1, fc2
 
-    def _progress_measures(self, fc1: Tensor, fc2: Tensor, fits: fourier.NeuronFits) -> dict[str, Tensor]:
+    def _progress_measures(self, fc1: Tensor, fc2: Tensor, fits: fourier.NeuronFits, activation: str) -> dict[str, Tensor]:
         """Restricted / excluded loss over all pairs, for each member's key frequencies."""
         restricted, excluded = [], []
         for k in range(fc1.shape[0]):
             key = fourier.key_frequencies(fits.member(k), self.key_freq_share)
-            r, e = fourier.restricted_excluded_loss(fourier.all_pairs_logits(fc1[k], fc2[k]), key)
+            r, e = fourier.restricted_excluded_loss(fourier.all_pairs_logits(fc1[k], fc2[k], activation), key)
             restricted.append(r)
             excluded.append(e)
         return {"fit/restricted_loss": torch.stack(restricted), "fit/excluded_loss": torch.stack(excluded)}

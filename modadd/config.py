@@ -16,6 +16,9 @@ from omegaconf import DictConfig
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
+ACTIVATIONS = ("relu", "quadratic", "gelu")  # the hidden activations modadd.model implements
+
+
 class ConfigError(ValueError):
     """A config value outside its allowed range; the message is one line naming the field."""
 
@@ -44,6 +47,7 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "progress_every": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
     "threads": (lambda v: v is None or _int(v) and v >= 1, "null or an integer >= 1"),
     "operation": (lambda v: v in ("add", "sub", "mul", "div", "x2xyy2"), "one of add, sub, mul, div, x2xyy2"),
+    "activation": (lambda v: v in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}"),
 }
 
 
@@ -59,6 +63,8 @@ def validate(cfg: DictConfig) -> None:
             good = False
         if not good:
             raise ConfigError(f"{field}={value!r} is invalid: {field} must be {allowed}")
+    if cfg.get("init") is not None:
+        _check_init(cfg)
     operation = cfg.get("operation", "add")
     if operation in ("mul", "div") and not (_prime(cfg.p) and cfg.p >= 3):
         raise ConfigError(f"p={cfg.p} is invalid for operation={operation}: p must be a prime >= 3 (the residues must form a field)")
@@ -68,6 +74,22 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"train_fraction={cfg.train_fraction} leaves {n_train} of {n_pairs} pairs for training at "
             f"p={cfg.p}: train_fraction must leave at least one pair in each split"
+        )
+
+
+def _check_init(cfg: DictConfig) -> None:
+    """`init` must hold weights of this p and hidden, for one member or for every member."""
+    from modadd.runs import RunError, load_weights  # torch: only when there is a file to read
+
+    try:
+        fc1, fc2 = load_weights(str(cfg.init))
+    except RunError as err:
+        raise ConfigError(f"init={cfg.init} is invalid: init must be null or a model .pt / .ckpt file or a job dir ({err})") from None
+    K, hidden, p = fc1.shape[0], fc1.shape[1], fc2.shape[1]
+    if (p, hidden) != (cfg.p, cfg.hidden) or K not in (1, cfg.get("members", 1)):
+        raise ConfigError(
+            f"init={cfg.init} holds {K} network(s) with p={p}, hidden={hidden}: init must match p={cfg.p}, "
+            f"hidden={cfg.hidden} and hold 1 or members={cfg.get('members', 1)} network(s)"
         )
 
 

@@ -4,8 +4,10 @@ The post hypothesises that neuron n computes relu(cos(w a + phi_a) + cos(w b + p
 w = 2*pi*k/p and writes cos(w c + phi_a + phi_b) to output c: the product-to-sum term
 cos(w (a+b) + phi_a + phi_b) of the activation lines up with the output weights exactly when
 c = a + b. Experiment 2 (`replacement_curve`) swaps trained neurons for their cosine fits,
-experiment 3 (`random_cosine_curve`) builds networks from random cosine neurons alone, and
-`frequency_ablation` removes the neurons of one frequency at a time.
+experiment 3 (`construction_curve("cosine", ...)`) builds networks from random cosine neurons
+alone (`"gromov"`: Gromov's analytic solution for x^2), and
+`frequency_ablation` removes the neurons of one frequency at a time. The networks themselves
+are built in `modadd.construct`; every experiment takes the hidden `activation` by name.
 
 Weight layout (the seed's), leading dims `...` allowed everywhere: `fc1: (..., hidden, 2p)`,
 `fc2: (..., p, hidden)`. Phases follow `modadd.fourier`'s convention (the fitted cosine
@@ -14,20 +16,20 @@ reproduces the weights); the phase-sum rule holds in the seed's mirrored convent
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
 
-from modadd.fourier import CosineFit, NeuronFits, all_pairs_logits, fit_neurons
+from modadd.construct import CONSTRUCTIONS
+from modadd.fourier import NeuronFits, all_pairs_logits, fit_neurons
 
 FRACTIONS = tuple(i / 10 for i in range(11))
 NEURONS = (16, 32, 64, 128, 256, 512)
 
 
 @torch.no_grad()
-def accuracy_all_pairs(fc1: Tensor, fc2: Tensor, max_bytes: int = 2**27) -> Tensor:
+def accuracy_all_pairs(fc1: Tensor, fc2: Tensor, activation: str = "relu", max_bytes: int = 2**27) -> Tensor:
     """Accuracy `(...)` over all p*p pairs against the label (a + b) mod p.
 
     The networks are evaluated in chunks of the flattened leading dims, each chunk holding at
@@ -43,7 +45,7 @@ def accuracy_all_pairs(fc1: Tensor, fc2: Tensor, max_bytes: int = 2**27) -> Tens
     labels = ((x[:, None] + x[None, :]) % p).flatten()  # (p*p,), row a*p + b
     chunk = max(1, max_bytes // (p * p * (hidden + p) * fc2.element_size()))
     correct = [
-        (all_pairs_logits(w1, w2).argmax(dim=-1) == labels).sum(dim=-1)
+        (all_pairs_logits(w1, w2, activation).argmax(dim=-1) == labels).sum(dim=-1)
         for w1, w2 in zip(fc1.reshape(-1, hidden, 2 * p).split(chunk), fc2.reshape(-1, p, hidden).split(chunk))
     ]
     return (torch.cat(correct) / (p * p)).reshape(batch)
@@ -64,7 +66,8 @@ def replace_with_fits(fc1: Tensor, fc2: Tensor, fits: NeuronFits, mask: Tensor) 
 
 @torch.no_grad()
 def replacement_curve(
-    fc1: Tensor, fc2: Tensor, fractions: Sequence[float] = FRACTIONS, orders: int = 5, seed: int = 0
+    fc1: Tensor, fc2: Tensor, fractions: Sequence[float] = FRACTIONS, orders: int = 5, seed: int = 0,
+    activation: str = "relu",
 ) -> list[dict]:
     """Experiment 2: accuracy when round(fraction * hidden) neurons are replaced by their fits.
 
@@ -82,10 +85,11 @@ def replacement_curve(
     # rank of every neuron in each random order: "among the first n" is rank < n
     ranks = torch.rand(orders, hidden, generator=gen).argsort(dim=-1).argsort(dim=-1).to(fc2.device)
     mask = (ranks < counts[:, None, None]).view(len(fractions), orders, *(1,) * len(batch), hidden)
-    acc = accuracy_all_pairs(fc1, fc2).expand(len(fractions), orders, *batch).clone()
+    acc = accuracy_all_pairs(fc1, fc2, activation).expand(len(fractions), orders, *batch).clone()
     changed = counts > 0
     if changed.any():
-        acc[changed] = accuracy_all_pairs(*replace_with_fits(fc1, fc2, fit_neurons(fc1, fc2), mask[changed]))
+        variants = replace_with_fits(fc1, fc2, fit_neurons(fc1, fc2), mask[changed])
+        acc[changed] = accuracy_all_pairs(*variants, activation)
     mean, std = acc.mean(dim=1), acc.std(dim=1, correction=0)
     return [
         {"fraction": f, "replaced": int(n), "acc_mean": m.tolist(), "acc_std": s.tolist(), "accs": a.tolist()}
@@ -93,54 +97,38 @@ def replacement_curve(
     ]
 
 
-def cosine_network(p: int, freq: Tensor, phase_a: Tensor, phase_b: Tensor) -> tuple[Tensor, Tensor]:
-    """The post's hypothesis made exact: neuron n has a-weights cos(2*pi*k a/p + phi_a),
-    b-weights cos(2*pi*k b/p + phi_b) and out-weights cos(2*pi*k c/p + phi_a + phi_b).
-
-    `freq` (long) and the phases are `(..., hidden)`; returns `fc1: (..., hidden, 2p)`,
-    `fc2: (..., p, hidden)` in the phases' dtype. `fit_neurons` recovers k and the phases.
+def construction_draws(
+    construction: str, p: int, neurons: Sequence[int] = NEURONS, draws: int = 5, seed: int = 0,
+    activation: str | None = None, device: torch.device | str = "cpu",
+) -> Iterator[tuple[int, Tensor, Tensor, Tensor]]:
+    """Hand-built networks (`construct.CONSTRUCTIONS`) of each width N with their all-pairs
+    accuracy, using the construction's own activation unless `activation` is given: yields
+    `(N, fc1: (draws, N, 2p), fc2: (draws, p, N), acc: (draws,))`. The draws come from one CPU
+    generator seeded with `seed` (so they do not depend on `device`); each N runs as one batch.
     """
-    ones, zeros = torch.ones_like(phase_a), torch.zeros_like(phase_a)
-
-    def cosine(phase: Tensor) -> CosineFit:
-        return CosineFit(freq=freq, phase=phase, scale=ones, offset=zeros, r2=ones)
-
-    return NeuronFits(a=cosine(phase_a), b=cosine(phase_b), out=cosine(phase_a + phase_b), p=p).to_weights()
-
-
-def random_cosine_network(
-    p: int, neurons: int, generator: torch.Generator, dtype: torch.dtype = torch.float32
-) -> tuple[Tensor, Tensor]:
-    """Experiment 3: a `cosine_network` with k ~ uniform{1..p//2} and phi_a, phi_b ~
-    uniform[-pi, pi), drawn from `generator` on its device in this order: `randint` for k
-    `(neurons,)`, then `rand` `(2, neurons)` for (phi_a, phi_b)."""
-    freq = torch.randint(1, p // 2 + 1, (neurons,), generator=generator, device=generator.device)
-    u = torch.rand(2, neurons, generator=generator, device=generator.device, dtype=dtype)
-    phase_a, phase_b = (2 * u - 1) * math.pi
-    return cosine_network(p, freq, phase_a, phase_b)
-
-
-def random_cosine_curve(
-    p: int, neurons: Sequence[int] = NEURONS, draws: int = 5, seed: int = 0, device: torch.device | str = "cpu"
-) -> list[dict]:
-    """All-pairs accuracy of random cosine networks against their width N (the post: >95% at
-    N = 256, perfect at N = 512 for p = 113). The draws come from one CPU generator seeded with
-    `seed` (so they do not depend on `device`); the `draws` networks of each N run as one batch.
-    One dict per N: `neurons`, `accs` (list of `draws`), `acc_mean`, `acc_std` (population std).
-    """
+    build, own_activation = CONSTRUCTIONS[construction]
     gen = torch.Generator().manual_seed(seed)
-    rows = []
     for n in neurons:
-        nets = [random_cosine_network(p, n, gen) for _ in range(draws)]
+        nets = [build(p, n, gen, torch.float32) for _ in range(draws)]
         fc1, fc2 = (torch.stack(w).to(device) for w in zip(*nets))
-        acc = accuracy_all_pairs(fc1, fc2)
-        mean, std = acc.mean().item(), acc.std(correction=0).item()
-        rows.append({"neurons": n, "acc_mean": mean, "acc_std": std, "accs": acc.tolist()})
-    return rows
+        yield n, fc1, fc2, accuracy_all_pairs(fc1, fc2, activation or own_activation)
+
+
+def construction_curve(
+    construction: str, p: int, neurons: Sequence[int] = NEURONS, draws: int = 5, seed: int = 0,
+    activation: str | None = None, device: torch.device | str = "cpu",
+) -> list[dict]:
+    """Accuracy against width N (`construction_draws`): "cosine" is the post's experiment 3
+    (>95% at N = 256 and perfect at N = 512 for p = 113), "gromov" is exact as N grows. One dict
+    per N: `neurons`, `accs` (list of `draws`), `acc_mean`, `acc_std` (population std)."""
+    return [
+        {"neurons": n, "acc_mean": acc.mean().item(), "acc_std": acc.std(correction=0).item(), "accs": acc.tolist()}
+        for n, _, _, acc in construction_draws(construction, p, neurons, draws, seed, activation, device)
+    ]
 
 
 @torch.no_grad()
-def frequency_ablation(fc1: Tensor, fc2: Tensor, fits: NeuronFits) -> list[dict]:
+def frequency_ablation(fc1: Tensor, fc2: Tensor, fits: NeuronFits, activation: str = "relu") -> list[dict]:
     """Accuracy with all neurons of one out-frequency zeroed (in- and out-weights), per frequency.
 
     One dict per frequency that some neuron (of any network in the stack) has as `fits.out.freq`,
@@ -150,7 +138,7 @@ def frequency_ablation(fc1: Tensor, fc2: Tensor, fits: NeuronFits) -> list[dict]
     freq = fits.out.freq  # (..., hidden)
     freqs = freq.unique()  # sorted
     used = freq == freqs.view(-1, *(1,) * freq.dim())  # (F, ..., hidden)
-    acc = accuracy_all_pairs(torch.where(used[..., None], 0.0, fc1), torch.where(used[..., None, :], 0.0, fc2))
+    acc = accuracy_all_pairs(torch.where(used[..., None], 0.0, fc1), torch.where(used[..., None, :], 0.0, fc2), activation)
     return [
         {"freq": k, "neurons": n.tolist(), "acc": a.tolist()}
         for k, n, a in zip(freqs.tolist(), used.sum(dim=-1), acc)

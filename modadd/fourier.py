@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from modadd.model import activate
+
 
 def wrap_phase(x: Tensor) -> Tensor:
     """Angles wrapped into (-pi, pi]."""
@@ -247,8 +249,8 @@ def ipr(x: Tensor) -> Tensor:
     return torch.where(positive, sq.square().sum(dim=-1) / torch.where(positive, total, 1.0).square(), 0.0)
 
 
-def all_pairs_logits(fc1: Tensor, fc2: Tensor) -> Tensor:
-    """Logits `(..., p*p, p)` for every input pair, row a*p + b.
+def all_pairs_logits(fc1: Tensor, fc2: Tensor, activation: str = "relu") -> Tensor:
+    """Logits `(..., p*p, p)` for every input pair, row a*p + b, with the hidden `activation`.
 
     A one-hot input selects fc1 column a and column p + b, so the hidden pre-activation of pair
     (a, b) is their sum: one broadcast add builds all p*p of them without a one-hot matmul.
@@ -257,7 +259,7 @@ def all_pairs_logits(fc1: Tensor, fc2: Tensor) -> Tensor:
     w_a = fc1[..., :p].transpose(-1, -2)  # (..., p, hidden)
     w_b = fc1[..., p:].transpose(-1, -2)
     pre = w_a[..., :, None, :] + w_b[..., None, :, :]  # (..., p, p, hidden)
-    hidden = pre.relu_().flatten(-3, -2)  # (..., p*p, hidden)
+    hidden = activate(pre, activation).flatten(-3, -2)  # (..., p*p, hidden)
     return hidden @ fc2.transpose(-1, -2)
 
 

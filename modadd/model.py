@@ -6,9 +6,13 @@ leading member dimension, so K models train with one set of kernels. Its paramet
 out for the gather and the batched matmul (`W_in: (K, 2p, hidden)`, `W_out: (K, hidden, p)`),
 the transposes of the seed's `fc1.weight` / `fc2.weight`.
 
-`MLPStack.backward` is a hand-written backward pass for the ReLU network: on this tiny
-model the cost of a step is the number of small ops, and autograd's graph doubles it. Autograd
-(`MLPStack.forward` + `loss.backward()`) stays the reference it is tested against.
+`MLPStack.backward` is a hand-written backward pass: on this tiny model the cost of a step is
+the number of small ops, and autograd's graph doubles it. Autograd (`MLPStack.forward` +
+`loss.backward()`) stays the reference it is tested against.
+
+The hidden activation is `relu` (the seed's), `quadratic` (x^2: Gromov's, for which an exact
+analytic solution is known) or `gelu`. It is not part of the weights: a saved model's
+activation lives in its job's config.
 """
 
 from __future__ import annotations
@@ -17,51 +21,75 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from modadd.config import ACTIVATIONS
+
+
+def activate(pre: Tensor, activation: str = "relu") -> Tensor:
+    """The hidden activation by name (see `ACTIVATIONS`)."""
+    if activation == "relu":
+        return F.relu(pre)
+    if activation == "quadratic":
+        return pre.square()
+    if activation == "gelu":
+        return F.gelu(pre)
+    raise ValueError(f"activation={activation!r} is invalid: must be one of {', '.join(ACTIVATIONS)}")
+
+
+def activation_backward(d_h: Tensor, pre: Tensor, h: Tensor, activation: str) -> Tensor:
+    """d loss / d pre from d loss / d h, for `h = activate(pre, activation)` (one kernel each)."""
+    if activation == "relu":
+        return torch.ops.aten.threshold_backward(d_h, h, 0)
+    if activation == "quadratic":
+        return d_h.mul_(pre).mul_(2)
+    return torch.ops.aten.gelu_backward(d_h, pre)
+
 
 class MLP(nn.Module):
-    """2p -> hidden -> p, ReLU, no biases: `fc1.weight: (hidden, 2p)`, `fc2.weight: (p, hidden)`."""
+    """2p -> hidden -> p, no biases: `fc1.weight: (hidden, 2p)`, `fc2.weight: (p, hidden)`."""
 
-    def __init__(self, p: int, hidden: int):
+    def __init__(self, p: int, hidden: int, activation: str = "relu"):
         super().__init__()
         self.p = p
+        self.activation = activation
         self.fc1 = nn.Linear(2 * p, hidden, bias=False)
         self.fc2 = nn.Linear(hidden, p, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits `(n, p)` from the seed's one-hot inputs `x: (n, 2p)`."""
-        return self.fc2(F.relu(self.fc1(x)))
+        return self.fc2(activate(self.fc1(x), self.activation))
 
     def forward_pairs(self, a: Tensor, b: Tensor) -> Tensor:
         """Logits `(n, p)` for pairs `a, b: (n,)`: the one-hot matmul done as a column gather."""
         W = self.fc1.weight
-        return self.fc2(F.relu(W[:, a].T + W[:, self.p + b].T))
+        return self.fc2(activate(W[:, a].T + W[:, self.p + b].T, self.activation))
 
 
 class MLPStack(nn.Module):
     """K independent MLPs as `W_in: (K, 2p, hidden)` and `W_out: (K, hidden, p)`."""
 
-    def __init__(self, W_in: Tensor, W_out: Tensor):
+    def __init__(self, W_in: Tensor, W_out: Tensor, activation: str = "relu"):
         super().__init__()
         self.p = W_out.shape[-1]
+        self.activation = activation
         self.W_in = nn.Parameter(W_in)
         self.W_out = nn.Parameter(W_out)
 
     @classmethod
-    def init(cls, p: int, hidden: int, seeds: list[int]) -> MLPStack:
+    def init(cls, p: int, hidden: int, seeds: list[int], activation: str = "relu") -> MLPStack:
         """Member k is initialised exactly as `torch.manual_seed(seeds[k]); MLP(p, hidden)`,
         i.e. as the seed notebook initialises its model (nn.Linear's default)."""
         members = []
         for seed in seeds:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                members.append(MLP(p, hidden))
+                members.append(MLP(p, hidden, activation))
         return cls.from_mlps(members)
 
     @classmethod
     def from_mlps(cls, mlps: list[MLP]) -> MLPStack:
         W_in = torch.stack([m.fc1.weight.detach().T for m in mlps]).contiguous()
         W_out = torch.stack([m.fc2.weight.detach().T for m in mlps]).contiguous()
-        return cls(W_in, W_out)
+        return cls(W_in, W_out, mlps[0].activation)
 
     @property
     def members(self) -> int:
@@ -69,7 +97,7 @@ class MLPStack(nn.Module):
 
     def member(self, k: int) -> MLP:
         """Member k as a seed-layout `MLP` (a copy, on the CPU)."""
-        mlp = MLP(self.p, self.W_in.shape[-1])
+        mlp = MLP(self.p, self.W_in.shape[-1], self.activation)
         with torch.no_grad():
             mlp.fc1.weight.copy_(self.W_in[k].T)
             mlp.fc2.weight.copy_(self.W_out[k].T)
@@ -90,7 +118,7 @@ class MLPStack(nn.Module):
         """Logits `(K, B, p)`; `a, b` are `(K, B)` (each member its own pairs) or `(B,)` (shared)."""
         if a.dim() == 1:
             a, b = a.expand(self.members, -1), b.expand(self.members, -1)
-        return torch.bmm(F.relu(self._hidden(a, b)), self.W_out)
+        return torch.bmm(activate(self._hidden(a, b), self.activation), self.W_out)
 
     @torch.no_grad()
     def backward(self, a: Tensor, b: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -109,7 +137,7 @@ class MLPStack(nn.Module):
         rows_a, rows_b = (a + offset).reshape(-1), (b + self.p + offset).reshape(-1)
         W = self.W_in.reshape(K * two_p, hidden)
         pre = (W[rows_a] + W[rows_b]).view(K, B, hidden)
-        h = pre.relu()
+        h = activate(pre, self.activation)
         logits = torch.bmm(h, self.W_out)  # (K, B, p)
         target = y.unsqueeze(-1)
         # "the right logit is the largest" is argmax == y but for exact ties (measure zero once
@@ -121,7 +149,7 @@ class MLPStack(nn.Module):
         d_logits = logp.exp_().scatter_add_(-1, target, torch.full_like(target, -1, dtype=logp.dtype))
         d_logits /= B
         torch.bmm(h.transpose(1, 2), d_logits, out=self.W_out.grad)
-        d_pre = torch.ops.aten.threshold_backward(torch.bmm(d_logits, self.W_out.transpose(1, 2)), h, 0)
+        d_pre = activation_backward(torch.bmm(d_logits, self.W_out.transpose(1, 2)), pre, h, self.activation)
         d_pre = d_pre.reshape(K * B, hidden)
         dW_in = self.W_in.grad.view(K * two_p, hidden).zero_()
         dW_in.index_add_(0, rows_a, d_pre).index_add_(0, rows_b, d_pre)

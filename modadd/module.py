@@ -22,12 +22,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from modadd.model import MLPStack
+from modadd.runs import load_weights
 
 log = logging.getLogger("modadd")
 
 
 class GrokModule(L.LightningModule):
     """K members (`members`, seeds seed..seed+K-1) of `2p -> hidden -> p` trained side by side.
+
+    `init` (a weights file or job dir, see `runs.load_weights`) replaces the random initial
+    weights: one network for all members, or one per member.
 
     `fast=True` uses the hand-written backward and the fused AdamW kernel; `fast=False` is
     plain autograd + `torch.optim.AdamW`, the reference the fast path is tested against.
@@ -45,12 +49,19 @@ class GrokModule(L.LightningModule):
         members: int = 1,
         shuffle: bool = True,
         fast: bool = True,
+        activation: str = "relu",
+        init: str | None = None,
     ):
         super().__init__()
         betas = tuple(float(b) for b in betas)  # plain types: checkpoints load with weights_only=True
         self.save_hyperparameters(logger=False)
         self.automatic_optimization = False
-        self.net = MLPStack.init(p, hidden, [seed + k for k in range(members)])
+        if init is None:
+            self.net = MLPStack.init(p, hidden, [seed + k for k in range(members)], activation)
+        else:  # every member starts from the given network(s): a construction, another run
+            fc1, fc2 = load_weights(init)
+            W_in, W_out = (w.transpose(1, 2).expand(members, -1, -1).contiguous() for w in (fc1, fc2))
+            self.net = MLPStack(W_in, W_out, activation)
         self.epoch_metrics: dict[str, float] = {}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

@@ -25,6 +25,7 @@ from matplotlib.ticker import MaxNLocator, NullLocator, PercentFormatter
 
 from modadd.fourier import NeuronFits, fit_neurons
 from modadd.grokking import grokking_epochs
+from modadd.model import activate
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence[float]
 
@@ -250,9 +251,9 @@ def replacement_curve(results: Sequence[Mapping[str, float]]) -> Figure:
     return fig
 
 
-def random_cosine_curve(results: Sequence[Mapping[str, float]]) -> Figure:
-    """Accuracy of networks of N random cosine neurons against N (log2 axis); keys neurons,
-    acc_mean, acc_std (over random draws)."""
+def random_cosine_curve(results: Sequence[Mapping[str, float]], name: str = "random cosine") -> Figure:
+    """Accuracy of networks of N hand-built (by default random cosine) neurons against N (log2
+    axis); keys neurons, acc_mean, acc_std (over random draws)."""
     results = _sorted_rows(results, "neurons")
     n = _column(results, "neurons")
     fig = Figure(figsize=(5.5, 3.8), layout="constrained")
@@ -261,7 +262,7 @@ def random_cosine_curve(results: Sequence[Mapping[str, float]]) -> Figure:
     ax.set_xscale("log", base=2)
     ax.set_xticks(n, [f"{v:g}" for v in n])
     ax.xaxis.set_minor_locator(NullLocator())
-    ax.set(xlabel="random cosine neurons $N$", title="Accuracy of random cosine networks")
+    ax.set(xlabel=f"{name} neurons $N$", title=f"Accuracy of {name} networks")
     return fig
 
 
@@ -285,14 +286,14 @@ def frequency_ablation(results: Sequence[Mapping[str, float]], baseline: float |
     return fig
 
 
-def activation_heatmaps(fc1: ArrayLike, fc2: ArrayLike, neurons: Sequence[int]) -> Figure:
-    """For each chosen neuron, its post-ReLU activation over all inputs (a, b) (top row) and
-    its contribution activation * fc2[(a+b) mod p, n] to the logit of the right answer (bottom)."""
+def activation_heatmaps(fc1: ArrayLike, fc2: ArrayLike, neurons: Sequence[int], activation: str = "relu") -> Figure:
+    """For each chosen neuron, its activation over all inputs (a, b) (top row) and its
+    contribution activation * fc2[(a+b) mod p, n] to the logit of the right answer (bottom)."""
     w1, w2, p = _weights(fc1, fc2)
     idx = np.asarray(neurons, dtype=int)
     if idx.size == 0:
         raise ValueError("choose at least one neuron")
-    act = np.maximum(w1[idx, :p, None] + w1[idx, None, p:], 0)  # (m, a, b)
+    act = activate(torch.from_numpy(w1[idx, :p, None] + w1[idx, None, p:]), activation).numpy()  # (m, a, b)
     ab = np.arange(p)
     contribution = act * w2[:, idx].T[:, (ab[:, None] + ab[None, :]) % p]
     m = idx.size
@@ -300,7 +301,7 @@ def activation_heatmaps(fc1: ArrayLike, fc2: ArrayLike, neurons: Sequence[int]) 
     axes = fig.subplots(2, m, squeeze=False, sharex=True, sharey=True)
     lim = float(np.abs(contribution).max()) or 1.0
     rows = (
-        (act, Normalize(0, float(act.max()) or 1.0), "magma", "post-ReLU activation"),
+        (act, Normalize(min(0.0, float(act.min())), float(act.max()) or 1.0), "magma", f"{activation} activation"),
         (contribution, Normalize(-lim, lim), "RdBu_r", "contribution to the\nlogit of (a+b) mod p"),
     )
     for r, (data, norm, cmap, label) in enumerate(rows):

@@ -10,7 +10,8 @@ import shutil
 import pytest
 import torch
 
-from modadd.experiments import accuracy_all_pairs, cosine_network
+from modadd.construct import cosine_network
+from modadd.experiments import accuracy_all_pairs
 from modadd.model import MLP
 
 from conftest import needs_chromium, rendered_dom, run_script

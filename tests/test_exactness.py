@@ -13,11 +13,11 @@ P, HIDDEN, BATCH, EPOCHS = 17, 24, 32, 3
 HP = dict(p=P, hidden=HIDDEN, lr=3e-3, weight_decay=0.5, batch_size=BATCH, seed=7)
 
 
-def reference_loop(module: GrokModule, data: ModAddData, member: int) -> MLP:
+def reference_loop(module: GrokModule, data: ModAddData, member: int, activation: str = "relu") -> MLP:
     """The seed's loop: one-hot matmul, autograd, torch.optim.AdamW, one update per minibatch,
     fed the same batch order the module drew."""
     torch.manual_seed(HP["seed"] + member)
-    model = MLP(P, HIDDEN)  # the same initial weights as the module's member
+    model = MLP(P, HIDDEN, activation)  # the same initial weights as the module's member
     opt = torch.optim.AdamW(model.parameters(), lr=HP["lr"], weight_decay=HP["weight_decay"])
     a, b, y = data.train
     for epoch in range(EPOCHS):
@@ -30,18 +30,21 @@ def reference_loop(module: GrokModule, data: ModAddData, member: int) -> MLP:
     return model
 
 
-@pytest.mark.parametrize("fast", [True, False])
-@pytest.mark.parametrize("members", [1, 3])
-def test_training_matches_plain_reference_loop(fast, members):
+@pytest.mark.parametrize(
+    "fast, members, activation",
+    [(True, 1, "relu"), (False, 1, "relu"), (True, 3, "relu"), (False, 3, "relu"),
+     (True, 2, "quadratic"), (True, 2, "gelu")],
+)
+def test_training_matches_plain_reference_loop(fast, members, activation):
     data = ModAddData(P, 0.6, seed=HP["seed"])
-    module = GrokModule(**HP, members=members, fast=fast)
+    module = GrokModule(**HP, members=members, fast=fast, activation=activation)
     trainer = L.Trainer(
         max_epochs=EPOCHS, accelerator="cpu", logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
     )
     trainer.fit(module, datamodule=data)
     for k in range(members):
-        ref = reference_loop(module, data, k)
+        ref = reference_loop(module, data, k, activation)
         got = module.net.member(k)
         torch.testing.assert_close(got.fc1.weight, ref.fc1.weight, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(got.fc2.weight, ref.fc2.weight, rtol=1e-4, atol=1e-5)

@@ -9,12 +9,11 @@ import torch
 from torch import Tensor
 
 from modadd.data import all_pairs, labels, one_hot
+from modadd.construct import cosine_network, random_cosine_network
 from modadd.experiments import (
     accuracy_all_pairs,
-    cosine_network,
+    construction_curve,
     frequency_ablation,
-    random_cosine_curve,
-    random_cosine_network,
     replace_with_fits,
     replacement_curve,
 )
@@ -158,11 +157,11 @@ def test_wide_random_cosine_network_is_perfect():
 
 
 def test_random_cosine_accuracy_grows_with_width():
-    rows = random_cosine_curve(23, neurons=(4, 16, 64, 256), draws=4, seed=0)
+    rows = construction_curve("cosine", 23, neurons=(4, 16, 64, 256), draws=4, seed=0)
     means = [r["acc_mean"] for r in rows]
     assert [r["neurons"] for r in rows] == [4, 16, 64, 256] and all(len(r["accs"]) == 4 for r in rows)
     assert means == sorted(means) and means[0] < 0.15 and means[-1] > 0.95
-    assert random_cosine_curve(23, neurons=(4, 16, 64, 256), draws=4, seed=0) == rows  # seeded
+    assert construction_curve("cosine", 23, neurons=(4, 16, 64, 256), draws=4, seed=0) == rows  # seeded
 
 
 def test_frequency_ablation_counts_and_unused_frequencies():
@@ -207,5 +206,5 @@ def test_frequency_ablation_batched():
 
 def test_post_claim_at_p113():
     """The post: > 95% at 256 random cosine neurons, (near) perfect at 512, for p = 113."""
-    rows = random_cosine_curve(113, neurons=(256, 512), draws=2, seed=0)
+    rows = construction_curve("cosine", 113, neurons=(256, 512), draws=2, seed=0)
     assert min(rows[0]["accs"]) > 0.95 and min(rows[1]["accs"]) > 0.999

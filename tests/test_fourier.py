@@ -357,17 +357,20 @@ def one_hot_inputs(p: int) -> Tensor:
     return torch.cat([F.one_hot(a, p), F.one_hot(b, p)], dim=-1).to(DT)
 
 
-def test_all_pairs_logits_matches_one_hot_forward() -> None:
+@pytest.mark.parametrize(
+    "activation, f", [("relu", torch.relu), ("quadratic", torch.square), ("gelu", torch.nn.functional.gelu)]
+)
+def test_all_pairs_logits_matches_one_hot_forward(activation, f) -> None:
     p, hidden = 11, 13
     gen = torch.Generator().manual_seed(12)
     fc1 = torch.randn(3, hidden, 2 * p, generator=gen, dtype=DT)
     fc2 = torch.randn(3, p, hidden, generator=gen, dtype=DT)
     X = one_hot_inputs(p)
-    expected = torch.relu(X @ fc1.transpose(-1, -2)) @ fc2.transpose(-1, -2)
-    logits = all_pairs_logits(fc1, fc2)
+    expected = f(X @ fc1.transpose(-1, -2)) @ fc2.transpose(-1, -2)
+    logits = all_pairs_logits(fc1, fc2, activation)
     assert logits.shape == (3, p * p, p)
     torch.testing.assert_close(logits, expected)
-    torch.testing.assert_close(all_pairs_logits(fc1[1], fc2[1]), expected[1])
+    torch.testing.assert_close(all_pairs_logits(fc1[1], fc2[1], activation), expected[1])
 
 
 def grid_directions(p: int, keys: list[int]) -> Tensor:

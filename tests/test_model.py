@@ -1,8 +1,9 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
 from modadd.data import all_pairs, labels, one_hot
-from modadd.model import MLP, MLPStack
+from modadd.model import ACTIVATIONS, MLP, MLPStack, activate
 
 
 def test_state_dict_is_the_seeds_layout():
@@ -10,13 +11,14 @@ def test_state_dict_is_the_seeds_layout():
     assert {k: tuple(v.shape) for k, v in sd.items()} == {"fc1.weight": (100, 226), "fc2.weight": (113, 100)}
 
 
-def test_gather_forward_equals_one_hot_matmul_logits_and_gradients():
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_gather_forward_equals_one_hot_matmul_logits_and_gradients(activation):
     torch.manual_seed(0)
     p, hidden = 13, 16
     a, b = all_pairs(p)
     y = labels(a, b, p)
-    mlp = MLP(p, hidden)
-    ref = MLP(p, hidden)
+    mlp = MLP(p, hidden, activation)
+    ref = MLP(p, hidden, activation)
     ref.load_state_dict(mlp.state_dict())
     logits = mlp.forward_pairs(a, b)
     ref_logits = ref(one_hot(a, b, p))
@@ -47,9 +49,19 @@ def test_stack_forward_is_each_members_forward():
         torch.testing.assert_close(logits[k], stack.member(k).forward_pairs(a, b))
 
 
-def test_hand_written_backward_equals_autograd():
+def test_activations_are_what_their_names_say():
+    x = torch.linspace(-3, 3, 61)
+    torch.testing.assert_close(activate(x, "relu"), x.clamp(min=0))
+    torch.testing.assert_close(activate(x, "quadratic"), x * x)
+    torch.testing.assert_close(activate(x, "gelu"), x * 0.5 * (1 + torch.erf(x / 2**0.5)))
+    with pytest.raises(ValueError, match="activation='tanh' is invalid: must be one of relu, quadratic, gelu"):
+        activate(x, "tanh")
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_hand_written_backward_equals_autograd(activation):
     p, hidden, K, B = 13, 16, 3, 40
-    stack = MLPStack.init(p, hidden, seeds=[0, 1, 2])
+    stack = MLPStack.init(p, hidden, seeds=[0, 1, 2], activation=activation)
     g = torch.Generator().manual_seed(0)
     a, b = torch.randint(0, p, (K, B), generator=g), torch.randint(0, p, (K, B), generator=g)
     y = (a + b) % p

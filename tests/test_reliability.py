@@ -22,6 +22,8 @@ BAD = [
     ("hidden=abc", "hidden must be an integer >= 1"),
     ("lr=fast", "lr must be a number > 0"),
     ("nonsense=3", "It is not a config key"),
+    ("activation=tanh", "activation must be one of relu, quadratic, gelu"),
+    ("init=no/such/model.pt", "init=no/such/model.pt is invalid: init must be null or a model .pt / .ckpt file or a job dir"),
 ]
 
 
