@@ -131,6 +131,7 @@ class FitStats(Callback):
         self.progress_every = progress_every_n_epochs
         self.images_every = images_every_n_epochs
         self.key_freq_share = key_freq_share
+        self.counts_file = None
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.counts_path = self.out_dir / "freq_counts.csv"
@@ -139,6 +140,7 @@ class FitStats(Callback):
         if len(kept) != len(rows) or not rows:
             p = module.hparams.p
             _write_rows(self.counts_path, ["epoch", "member", *[f"k{k}" for k in range(1, p // 2 + 1)]], kept)
+        self.counts_file = self.counts_path.open("a", newline="")  # kept open: an open() per epoch costs ~0.1 ms
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         epoch, last = trainer.current_epoch, trainer.current_epoch + 1 == trainer.max_epochs or trainer.should_stop
@@ -158,8 +160,8 @@ class FitStats(Callback):
         values = torch.stack([stats[n].double() for n in names], dim=1).tolist()  # one sync
         for j, name in enumerate(names):
             module.epoch_metrics.update(member_metrics(name, [row[j] for row in values]))
-        with self.counts_path.open("a", newline="") as f:
-            csv.writer(f).writerows([[epoch, k, *c] for k, c in enumerate(counts.tolist())])
+        csv.writer(self.counts_file).writerows([[epoch, k, *c] for k, c in enumerate(counts.tolist())])
+        self.counts_file.flush()  # a killed run keeps every finished epoch's row
         wandb_runs = [lg.experiment for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         media = {}
         if wandb_runs and (epoch % self.progress_every == 0 or last):
@@ -183,6 +185,11 @@ class FitStats(Callback):
             restricted.append(r)
             excluded.append(e)
         return {"fit/restricted_loss": torch.stack(restricted), "fit/excluded_loss": torch.stack(excluded)}
+
+    def teardown(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        if self.counts_file is not None:
+            self.counts_file.close()
+            self.counts_file = None
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         fc1, fc2 = self._weights(module)

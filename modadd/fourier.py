@@ -3,7 +3,7 @@
 Every weight vector of a grokked network is close to one cosine over Z_p: neuron n's input
 weights from a (`fc1[..., n, :p]`), from b (`fc1[..., n, p:]`) and its output weights
 (`fc2[..., :, n]`). `fit_cosines` fits `scale * cos(2*pi*freq*x/n + phase) + offset` to the
-last dim of any tensor with one `rfft`, so a whole stack of K networks is fitted at once.
+last dim of any tensor with one DFT (`dft`: a matmul), so a whole stack of K networks is fitted at once.
 
 Phase convention. Here `phase = +angle(Y_k)` (Y = DFT of the vector), so `CosineFit.evaluate`
 reproduces the vector. The seed's `find_cosine` returns `-angle(Y_k)` and then evaluates
@@ -19,6 +19,7 @@ Weight layout (the seed's; leading dims `...`, e.g. a member dim K, are allowed 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, fields
 
@@ -63,6 +64,23 @@ class CosineFit:
         return CosineFit(*(getattr(self, f.name)[..., i, :] for f in fields(self)))
 
 
+@functools.lru_cache(maxsize=16)
+def _dft_matrix(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """`(n, 2 (n//2 + 1))`: cos(2 pi k x/n) for k = 0..n//2, then -sin(2 pi k x/n)."""
+    x = torch.arange(n, dtype=torch.float64)
+    angle = (2 * math.pi / n) * ((x[:, None] * x[None, : n // 2 + 1]) % n)  # k*x reduced mod n: exact
+    return torch.cat([torch.cos(angle), -torch.sin(angle)], dim=1).to(dtype=dtype, device=device)
+
+
+def dft(y: Tensor) -> tuple[Tensor, Tensor]:
+    """Real and imaginary parts of `torch.fft.rfft(y, dim=-1)`, `(..., n//2 + 1)` each, as one
+    matmul with a cached DFT matrix: for the prime lengths (n = p) of this package it is 2-4x
+    faster than the FFT, which falls back to Bluestein's algorithm there."""
+    n = y.shape[-1]
+    both = y @ _dft_matrix(n, y.dtype, y.device)
+    return both[..., : n // 2 + 1], both[..., n // 2 + 1 :]
+
+
 def fit_cosines(y: Tensor) -> CosineFit:
     """Fit one cosine along the last dim of `y: (..., n)` (real, n >= 2), all vectors at once.
 
@@ -75,21 +93,23 @@ def fit_cosines(y: Tensor) -> CosineFit:
     n = y.shape[-1]
     if n < 2:
         raise ValueError(f"need vectors of length >= 2, got {n}")
-    Y = torch.fft.rfft(y, dim=-1)  # (..., n//2 + 1)
-    power = torch.view_as_real(Y).square().sum(dim=-1)
+    re, im = dft(y)  # (..., n//2 + 1) each
+    power = re.square() + im.square()
     # n * SS_tot by Parseval: bins 0 < k < n/2 also stand for bin n-k (weight 2), Nyquist does not
     ss_tot = 2 * power[..., 1:].sum(dim=-1)
     if n % 2 == 0:
         ss_tot = ss_tot - power[..., -1]
 
     freq = power[..., 1:].argmax(dim=-1) + 1  # argmax returns the first maximum
-    Yk = torch.take_along_dim(Y, freq[..., None], dim=-1).squeeze(-1)
+    re_k = re.gather(-1, freq[..., None]).squeeze(-1)
+    im_k = im.gather(-1, freq[..., None]).squeeze(-1)
     at_nyquist = 2 * freq == n
     weight = 2 - at_nyquist.to(power.dtype)
-    magnitude = Yk.abs()
-    nyquist_phase = (Yk.real < 0).to(power.dtype) * math.pi  # the Nyquist bin is real
-    phase = torch.where(at_nyquist, nyquist_phase, torch.angle(Yk))
-    constant = (y == y[..., :1]).all(dim=-1)
+    magnitude = torch.hypot(re_k, im_k)
+    nyquist_phase = (re_k < 0).to(power.dtype) * math.pi  # the Nyquist bin is real
+    phase = torch.where(at_nyquist, nyquist_phase, torch.atan2(im_k, re_k))
+    low, high = torch.aminmax(y, dim=-1)
+    constant = low == high
     r2 = torch.where(constant, 0.0, weight * magnitude.square() / torch.where(constant, 1.0, ss_tot))
     scale = weight * magnitude / n
     return CosineFit(freq=freq, phase=wrap_phase(phase), scale=scale, offset=y.mean(dim=-1), r2=r2)
@@ -176,7 +196,9 @@ def fit_statistics(fits: NeuronFits) -> dict[str, Tensor]:
     counts = torch.where(same.any(dim=-1, keepdim=True), clean_counts, all_counts)
     return {
         "frac_same_freq": same.to(a.phase.dtype).mean(dim=-1),
-        "phase_sum_error_median": torch.nanquantile(error, 0.5, dim=-1),
+        # the mean of the lower and upper median (torch.nanmedian gives the lower): nanquantile's
+        # value at a tenth of its cost
+        "phase_sum_error_median": (error.nanmedian(dim=-1).values - (-error).nanmedian(dim=-1).values) / 2,
         "r2_mean_a": a.r2.mean(dim=-1),
         "r2_mean_b": b.r2.mean(dim=-1),
         "r2_mean_out": out.r2.mean(dim=-1),
@@ -216,8 +238,8 @@ def fourier_norms(fc1: Tensor, fc2: Tensor) -> Tensor:
     the constant, not a wave).
     """
     p = _check_weights(fc1, fc2)
-    Y = torch.fft.rfft(_neuron_vectors(fc1, fc2, p), dim=-1)  # (..., 3, hidden, p//2 + 1)
-    power = (Y.real.square() + Y.imag.square()).sum(dim=(-3, -2))
+    re, im = dft(_neuron_vectors(fc1, fc2, p))  # (..., 3, hidden, p//2 + 1)
+    power = (re.square() + im.square()).sum(dim=(-3, -2))
     k = torch.arange(power.shape[-1], device=power.device)
     weight = torch.where((k == 0) | (2 * k == p), 1.0, 2.0).to(power.dtype)
     return (weight * power / p).sqrt()
@@ -259,7 +281,7 @@ def all_pairs_logits(fc1: Tensor, fc2: Tensor, activation: str = "relu") -> Tens
     w_a = fc1[..., :p].transpose(-1, -2)  # (..., p, hidden)
     w_b = fc1[..., p:].transpose(-1, -2)
     pre = w_a[..., :, None, :] + w_b[..., None, :, :]  # (..., p, p, hidden)
-    hidden = activate(pre, activation).flatten(-3, -2)  # (..., p*p, hidden)
+    hidden = activate(pre, activation, inplace=True).flatten(-3, -2)  # (..., p*p, hidden)
     return hidden @ fc2.transpose(-1, -2)
 
 

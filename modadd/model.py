@@ -24,12 +24,13 @@ from torch import Tensor, nn
 from modadd.config import ACTIVATIONS
 
 
-def activate(pre: Tensor, activation: str = "relu") -> Tensor:
-    """The hidden activation by name (see `ACTIVATIONS`)."""
+def activate(pre: Tensor, activation: str = "relu", inplace: bool = False) -> Tensor:
+    """The hidden activation by name (see `ACTIVATIONS`); `inplace` overwrites `pre` where the
+    activation allows it (relu, quadratic)."""
     if activation == "relu":
-        return F.relu(pre)
+        return F.relu(pre, inplace=inplace)
     if activation == "quadratic":
-        return pre.square()
+        return pre.square_() if inplace else pre.square()
     if activation == "gelu":
         return F.gelu(pre)
     raise ValueError(f"activation={activation!r} is invalid: must be one of {', '.join(ACTIVATIONS)}")

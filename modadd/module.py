@@ -19,6 +19,7 @@ import math
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import Tensor
 
 from modadd.model import MLPStack
@@ -87,23 +88,23 @@ class GrokModule(L.LightningModule):
         order = self.epoch_order(n, self.current_epoch)
         a, b, y = a[order], b[order], y[order]  # (K, n)
         starts = range(0, n, self.hparams.batch_size)
-        loss_sum = torch.zeros(self.net.members, device=self.device)
-        correct = torch.zeros(self.net.members, dtype=torch.long, device=self.device)
+        opt = self.optimizers()
+        losses, corrects = [], []  # summed once per epoch: two fewer small ops per step
         for i, start in enumerate(starts):
             s = slice(start, start + self.hparams.batch_size)
-            loss, right = self._update(a[:, s], b[:, s], y[:, s], last=i == len(starts) - 1)
-            loss_sum += loss
-            correct += right
+            loss, right = self._update(opt, a[:, s], b[:, s], y[:, s], last=i == len(starts) - 1)
+            losses.append(loss)
+            corrects.append(right)
+        loss_sum, correct = torch.stack(losses).sum(0), torch.stack(corrects).sum(0)
         self._record("train", loss_sum / len(starts), correct / n)
         if not math.isfinite(self.epoch_metrics["train/loss"]):
             log.warning("training loss is %s at epoch %d: stopping (diverged)", self.epoch_metrics["train/loss"], self.current_epoch)
             self.trainer.should_stop = True
 
-    def _update(self, a: Tensor, b: Tensor, y: Tensor, last: bool) -> tuple[Tensor, Tensor]:
+    def _update(self, opt: LightningOptimizer, a: Tensor, b: Tensor, y: Tensor, last: bool) -> tuple[Tensor, Tensor]:
         """One AdamW update on one minibatch per member. The epoch's last update goes through
         Lightning's optimizer wrapper, so `trainer.global_step` counts epochs (checkpointing
         keys on it); the others skip the wrapper's per-call overhead."""
-        opt = self.optimizers()
         if self.hparams.fast:
             loss, correct = self.net.backward(a, b, y)
             opt.step() if last else fused_adamw_step(opt.optimizer)
@@ -119,7 +120,10 @@ class GrokModule(L.LightningModule):
     def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
         a, b, y = batch
         logits = self.net(a, b)  # (K, n, p)
-        loss = F.cross_entropy(logits.transpose(1, 2), y.expand(self.net.members, -1), reduction="none").mean(1)
+        # cross-entropy along the contiguous last dim: F.cross_entropy wants classes in dim 1,
+        # and on the transposed (K, p, n) view it is 3x slower
+        target = y.view(1, -1, 1).expand(self.net.members, -1, 1)
+        loss = -logits.log_softmax(-1).gather(-1, target).mean((1, 2))
         self._record("val", loss, (logits.argmax(-1) == y).float().mean(1))
 
     def _record(self, split: str, loss: Tensor, acc: Tensor) -> None:
