@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from modadd.job import build
 from modadd.tracking import finish_run
@@ -165,15 +165,42 @@ def compare(rounds: int, epochs: int, device: str) -> None:
     print("| seed loop | modadd train.py | speed-up | modadd without FitStats | difference |\n|---|---|---|---|---|")
     print(f"| {seed:.1f} ms/epoch | {ours:.1f} ms/epoch | {seed / ours:.2f}x | {bare:.1f} ms/epoch | {100 * (ours - bare) / bare:+.1f}% |")
     print("\ntime in each callback's on_train_epoch_end, ms per epoch (share of an epoch without FitStats):")
-    print("| callback | median | mean | mean without the last epoch (FitStats: figures) |\n|---|---|---|---|")
+    print("| callback | median | mean |\n|---|---|---|")
     for name, t in HOOK_TIMES.items():
-        stats = [1000 * statistics.median(t), 1000 * statistics.mean(t), 1000 * statistics.mean(_drop_last(t, epochs))]
+        stats = [1000 * statistics.median(t), 1000 * statistics.mean(t)]
         print(f"| {name} | " + " | ".join(f"{v:.2f} ({100 * v / bare:.1f}%)" for v in stats) + " |")
+    fit_stats_cost(HOOK_TIMES["FitStats"], epochs, bare)
 
 
-def _drop_last(times: list[float], epochs: int) -> list[float]:
-    """Per-run epoch times without each run's last epoch."""
-    return [t for i, t in enumerate(times) if (i + 1) % epochs]
+def fit_stats_cost(times: list[float], epochs: int, epoch_ms: float, run_epochs: int = 2000) -> None:
+    """FitStats by kind of epoch (as the default callbacks config schedules them), and its mean
+    over a `run_epochs` run: plain epochs (fits and statistics), progress epochs (+ Fourier
+    sparsity, restricted / excluded loss, W&B histogram) and figure epochs (+ images to W&B)."""
+    cfg = OmegaConf.load(CONF / "callbacks" / "default.yaml").fit_stats
+    progress, images = cfg.progress_every_n_epochs, cfg.images_every_n_epochs
+
+    def kind(e: int, n: int) -> str:
+        last = e == n - 1
+        if (e + 1) % images == 0 or last:
+            return "figures"
+        return "progress" if e % progress == 0 else "plain"
+
+    measured: dict[str, list[float]] = {"plain": [], "progress": [], "figures": []}
+    for i, t in enumerate(times):
+        measured[kind(i % epochs, epochs)].append(1000 * t)
+    scheduled = [kind(e, run_epochs) for e in range(run_epochs)]
+    print(f"\nFitStats per kind of epoch (every {progress} epochs: progress measures; every {images} and the last: figures)")
+    print(f"| epochs | samples | median ms | share of an epoch | epochs in a {run_epochs}-epoch run |\n|---|---|---|---|---|")
+    total = 0.0
+    for name, ts in measured.items():
+        med = statistics.median(ts)
+        count = scheduled.count(name)
+        total += med * count
+        print(f"| {name} | {len(ts)} | {med:.2f} | {100 * med / epoch_ms:.1f}% | {count} |")
+    per_epoch = total / run_epochs
+    without = sum(statistics.median(measured[k]) * scheduled.count(k) for k in ("plain", "progress")) / (run_epochs - scheduled.count("figures"))
+    print(f"mean over a {run_epochs}-epoch run: {per_epoch:.2f} ms/epoch ({100 * per_epoch / epoch_ms:.1f}%); "
+          f"without the figure epochs {without:.2f} ms ({100 * without / epoch_ms:.1f}%)")
 
 
 def scaling(epochs: int) -> None:

@@ -220,7 +220,7 @@ def _figures(fc1: Tensor, fc2: Tensor, fits: fourier.NeuronFits) -> dict:
 
     fc1, fc2 = fc1.detach().cpu(), fc2.detach().cpu()
     figures = {
-        "fit/neurons": plots.neuron_weights(fc1, fc2, fits, list(range(min(4, fc1.shape[0])))),
+        "fit/neurons": plots.neuron_weights(fc1, fc2, fits, list(range(min(2, fc1.shape[0])))),  # 0.4 s each
         "fit/freq_histogram": plots.frequency_histogram(fits.out.freq, fits.p),
         "fit/phase_sum": plots.phase_sum(fits),
     }
