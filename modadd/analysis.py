@@ -28,7 +28,8 @@ import torch  # noqa: E402
 from modadd import construct, experiments, fourier, plots  # noqa: E402
 from modadd.data import labels, operation_pairs, split  # noqa: E402
 from modadd.grokking import grokking_epochs  # noqa: E402
-from modadd.report import Section, Table, write_csv, write_report  # noqa: E402
+from modadd.files import write_csv  # noqa: E402
+from modadd.report import Section, Table, write_report  # noqa: E402
 from modadd.runs import Run, RunError, find_jobs, load_run, load_weights  # noqa: E402
 
 log = logging.getLogger("modadd")

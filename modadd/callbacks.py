@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 from pathlib import Path
 
 import lightning as L
@@ -15,6 +14,7 @@ from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 
 from modadd import fourier
+from modadd.files import read_csv, write_csv
 from modadd.module import member_metrics
 
 log = logging.getLogger("modadd")
@@ -36,7 +36,7 @@ class EpochLog(Callback):
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         # after a checkpoint's loop state is restored: current_epoch is the first epoch to run
-        self.rows = [r for r in _read_rows(self.path) if int(r["epoch"]) < trainer.current_epoch]  # kept as written
+        self.rows = [r for r in read_csv(self.path) if int(r["epoch"]) < trainer.current_epoch]  # kept as written
         self.columns = list(dict.fromkeys(k for r in self.rows for k in r))
         self._rewrite()
 
@@ -50,14 +50,14 @@ class EpochLog(Callback):
             self._rewrite()
         else:
             with self.path.open("a", newline="") as f:
-                csv.DictWriter(f, self.columns).writerow(row)
+                csv.DictWriter(f, self.columns, lineterminator="\n").writerow(row)
         for logger in trainer.loggers:
             logger.log_metrics(row, step=epoch)
         if (epoch + 1) % self.print_every == 0 or epoch + 1 == trainer.max_epochs or epoch == 0:
             log.info(progress_line(row, trainer.max_epochs))
 
     def _rewrite(self) -> None:
-        _write_rows(self.path, self.columns, self.rows)
+        write_csv(self.path, self.rows, self.columns)
 
 
 def progress_line(row: dict[str, float], epochs: int) -> str:
@@ -66,18 +66,6 @@ def progress_line(row: dict[str, float], epochs: int) -> str:
         if key in row:
             parts.append(f"{key} {row[key]:.4g}")
     return " | ".join(parts)
-
-
-def read_metrics(path: str | Path) -> list[dict[str, float]]:
-    """Rows of a metrics.csv as floats (`epoch` as int); [] if the file is missing or empty."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    with path.open(newline="") as f:
-        rows = [{k: float(v) if v not in ("", None) else math.nan for k, v in r.items()} for r in csv.DictReader(f)]
-    for r in rows:
-        r["epoch"] = int(r["epoch"])
-    return rows
 
 
 class LastCheckpoint(Callback):
@@ -135,11 +123,11 @@ class FitStats(Callback):
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.counts_path = self.out_dir / "freq_counts.csv"
-        rows = _read_rows(self.counts_path)
+        rows = read_csv(self.counts_path)
         kept = [r for r in rows if int(r["epoch"]) < trainer.current_epoch]
         if len(kept) != len(rows) or not rows:
             p = module.hparams.p
-            _write_rows(self.counts_path, ["epoch", "member", *[f"k{k}" for k in range(1, p // 2 + 1)]], kept)
+            write_csv(self.counts_path, kept, ["epoch", "member", *[f"k{k}" for k in range(1, p // 2 + 1)]])
         self.counts_file = self.counts_path.open("a", newline="")  # kept open: an open() per epoch costs ~0.1 ms
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -160,7 +148,7 @@ class FitStats(Callback):
         values = torch.stack([stats[n].double() for n in names], dim=1).tolist()  # one sync
         for j, name in enumerate(names):
             module.epoch_metrics.update(member_metrics(name, [row[j] for row in values]))
-        csv.writer(self.counts_file).writerows([[epoch, k, *c] for k, c in enumerate(counts.tolist())])
+        csv.writer(self.counts_file, lineterminator="\n").writerows([[epoch, k, *c] for k, c in enumerate(counts.tolist())])
         self.counts_file.flush()  # a killed run keeps every finished epoch's row
         wandb_runs = [lg.experiment for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         media = {}
@@ -198,7 +186,7 @@ class FitStats(Callback):
         columns = ["member", "neuron", *table, "basis"]
         cells = [c.tolist() for c in table.values()]  # per column (K, hidden); frequencies stay ints
         rows = [[k, n, *(c[k][n] for c in cells), self.basis] for k in range(K) for n in range(hidden)]
-        _write_rows(self.out_dir / "neurons.csv", columns, [dict(zip(columns, r)) for r in rows])
+        write_csv(self.out_dir / "neurons.csv", [dict(zip(columns, r)) for r in rows], columns)
         for lg in trainer.loggers:
             if isinstance(lg, WandbLogger):
                 lg.log_table("fit/neuron_table", columns=columns, data=rows)
@@ -228,20 +216,3 @@ def _figures(fc1: Tensor, fc2: Tensor, fits: fourier.NeuronFits) -> dict:
     for fig in figures.values():
         plt.close(fig)
     return media
-
-
-def _read_rows(path: Path) -> list[dict[str, str]]:
-    if not path.exists():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _write_rows(path: Path, columns: list[str], rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)

@@ -19,8 +19,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from modadd.callbacks import EpochLog, LastCheckpoint, read_metrics
+from modadd.callbacks import EpochLog, LastCheckpoint
 from modadd.config import validate
+from modadd.files import read_metrics, write_atomic
 from modadd.grokking import grokking_epochs
 from modadd.module import GrokModule
 from modadd.tracking import finish_run
@@ -132,7 +133,4 @@ def _save_models(module: GrokModule, out: Path) -> None:
 
 
 def _write_summary(out: Path, summary: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=str, allow_nan=True))
-    tmp.replace(out / "summary.json")
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str, allow_nan=True))

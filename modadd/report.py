@@ -9,19 +9,18 @@ reader never sees half a report.
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
 import math
 import os
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from matplotlib.figure import Figure
+
+from modadd.files import plain, write_atomic
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -89,17 +88,10 @@ def _image_uri(figure: Figure | str | os.PathLike) -> str:
     return _png_data_uri(data)
 
 
-def _scalar(value: Any) -> Any:
-    """numpy / torch scalars as plain Python values; anything else unchanged."""
-    if isinstance(value, np.generic) or (hasattr(value, "item") and getattr(value, "ndim", None) == 0):
-        return value.item()
-    return value
-
-
 def format_cell(value: Any) -> tuple[str, bool]:
     """A cell's text and whether it is numeric: integers in full, floats to 4 significant
     digits (integral floats without decimals, NaN as 'NaN', infinities as +-inf), None empty."""
-    value = _scalar(value)
+    value = plain(value)
     if value is None:
         return "", False
     if isinstance(value, bool):
@@ -170,36 +162,7 @@ def render_report(title: str, sections: Sequence[Section]) -> str:
     )
 
 
-def _write_atomic(path: str | os.PathLike, text: str, newline: str | None = None) -> Path:
-    """Write `text` to a temporary file beside `path`, then rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_report(path: str | os.PathLike, title: str, sections: Sequence[Section]) -> Path:
     """Write one self-contained HTML page: title, table of contents, then each section's
     paragraphs, tables and numbered, captioned figures (embedded PNGs). Returns the path."""
-    return _write_atomic(path, render_report(title, sections))
-
-
-def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> Path:
-    """Write rows as CSV: the union of their keys as columns, in order of first appearance;
-    missing cells empty; numpy / torch scalars as plain numbers at full precision."""
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, columns, restval="", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: _scalar(v) for k, v in r.items()} for r in rows)
-    return _write_atomic(path, buffer.getvalue(), newline="")
+    return write_atomic(path, render_report(title, sections))

@@ -14,7 +14,6 @@ corrupt summary.json, or no usable weights where there should be some).
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import time
@@ -30,6 +29,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.base import ContainerMetadata, Metadata
 from omegaconf.nodes import AnyNode
 from torch import Tensor
+
+from modadd.files import read_metrics
 
 # What a Lightning checkpoint of GrokModule pickles besides tensors: its hyper_parameters hold
 # the OmegaConf containers Hydra instantiated it with (betas is a ListConfig). Allowlisting them
@@ -103,7 +104,7 @@ def load_run(path: str | Path, running_window: float = 120.0) -> Run:
         return _load_file_run(path)
     config, config_error = _read_config(path)
     summary, summary_error = _read_summary(path)
-    run = Run(path, config or {}, _read_overrides(path), _read_metrics(path / "metrics.csv"), summary, "", "")
+    run = Run(path, config or {}, _read_overrides(path), read_metrics(path / "metrics.csv"), summary, "", "")
     run.status, run.reason = _status(run, config_error or summary_error, running_window)
     return run
 
@@ -239,25 +240,6 @@ def _read_summary(job: Path) -> tuple[dict, str]:
     if not isinstance(summary, dict) or summary.get("status") not in _SUMMARY_STATUSES:
         return {}, "summary.json unreadable: no status among " + ", ".join(_SUMMARY_STATUSES)
     return summary, ""
-
-
-def _read_metrics(path: Path) -> list[dict[str, float]]:
-    """metrics.csv rows like `callbacks.read_metrics`, but a row torn by a kill or a concurrent
-    write is skipped instead of raising, and a missing or unreadable file is []."""
-    try:
-        with path.open(newline="") as f:
-            records = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return []
-    rows = []
-    for record in records:
-        try:
-            row = {k: float(v) if v not in ("", None) else math.nan for k, v in record.items() if k is not None}
-            row["epoch"] = int(row["epoch"])
-        except (KeyError, ValueError):
-            continue
-        rows.append(row)
-    return rows
 
 
 def _final_files(job: Path, members: int | None) -> list[Path] | None:

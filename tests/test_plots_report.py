@@ -23,7 +23,8 @@ from matplotlib.image import imread
 
 from modadd import plots
 from modadd.fourier import fit_neurons, wrap_phase
-from modadd.report import Section, Table, figure_to_data_uri, format_cell, write_csv, write_report
+from modadd.files import write_csv
+from modadd.report import Section, Table, figure_to_data_uri, format_cell, write_report
 
 from conftest import chromium, needs_chromium, rendered_dom
 

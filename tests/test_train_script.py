@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from modadd import fourier
-from modadd.callbacks import read_metrics
+from modadd.files import read_metrics
 from modadd.data import all_pairs, labels, one_hot, split
 from modadd.model import MLP
 
