@@ -230,6 +230,7 @@ def summary_rows(runs: list[Run], units: list, results: dict) -> list[dict]:
                 "reason": res.get("reason", run.reason),
                 "analysed": "reason" not in res and bool(res),
                 "p": run.p, "hidden": run.hidden,
+                "operation": run.config.get("operation", "add"), "activation": _activation(run),
                 "epochs": len(run.metrics),
                 **{key: final[0].get(key) for key in ("train/loss", "train/acc", "val/loss", "val/acc")},
                 "full_acc": res.get("full_acc"),

@@ -51,6 +51,7 @@ def test_sweep_analysis_reports_broken_jobs_and_analyses_the_rest(sweep, tmp_out
     assert rows[empty.name]["status"] == "incomplete" and "no epochs" in rows[empty.name]["reason"]
     ok = "epochs=20,hidden=16,members=1,p=13"
     assert rows[ok]["status"] == "ok" and rows[ok]["analysed"] == "True" and rows[ok]["hidden"] == "16"
+    assert rows[ok]["operation"] == "add" and rows[ok]["activation"] == "relu"  # named even when not swept
     assert {f"epochs=20,hidden=16,members=2,p=13/m{k}" for k in (0, 1)} <= set(rows)
 
     result = json.loads((out / ok / "analysis.json").read_text())
