@@ -26,7 +26,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", nargs="?", help="a sweep dir, a job dir, or a .ckpt / model .pt file")
     parser.add_argument("--construct", choices=("cosine", "gromov"), help="build networks instead of reading a run")
-    parser.add_argument("--p", type=int, default=113, help="modulus of --construct (default 113)")
+    parser.add_argument("--p", type=int, help="modulus of --construct (default 113)")
     parser.add_argument("--activation", choices=ACTIVATIONS, help="activation of --construct (default: the construction's own)")
     parser.add_argument("--out", help="output dir (default: <path>/analysis)")
     parser.add_argument("--orders", type=int, default=5, help="random neuron orders per replaced fraction (default 5)")
@@ -37,7 +37,9 @@ def main() -> int:
     args = parser.parse_args()
     if (args.path is None) == (args.construct is None):
         parser.error("give either a path to analyse or --construct (not both)")
-    if args.p < 2:
+    if args.path is not None and (args.p is not None or args.activation is not None):
+        parser.error("--p and --activation go with --construct (a run's own p and activation are used)")
+    if args.p is not None and args.p < 2:
         parser.error(f"--p={args.p} is invalid: must be an integer >= 2")
     for name in ("orders", "draws"):
         if getattr(args, name) < 1:
@@ -55,8 +57,8 @@ def main() -> int:
     if args.workers is not None:
         settings.workers = max(1, args.workers)
     if args.construct:
-        out = args.out or f"constructions/{args.construct}_p{args.p}"
-        analyze_construction(args.construct, args.p, out, settings, args.activation)
+        p = args.p or 113
+        analyze_construction(args.construct, p, args.out or f"constructions/{args.construct}_p{p}", settings, args.activation)
         return 0
     try:
         analyze(args.path, args.out, settings)

@@ -22,8 +22,9 @@ def main(cfg: DictConfig) -> float:
 
 if __name__ == "__main__":
     try:
-        sys.argv[1:] = apply_resume(sys.argv[1:])
-        preflight(sys.argv[1:])  # every job's config, before any directory or W&B run exists
+        argv = apply_resume(sys.argv[1:])
+        preflight(argv, resuming=argv != sys.argv[1:])  # every job's config, before any directory or W&B run exists
+        sys.argv[1:] = argv
     except ConfigError as err:
         sys.exit(f"error: {err}")
     main()

@@ -14,7 +14,7 @@ from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 
 from modadd import fourier
-from modadd.files import read_csv, write_csv
+from modadd.files import read_csv, row_epoch, write_csv
 from modadd.module import member_metrics
 
 log = logging.getLogger("modadd")
@@ -36,7 +36,8 @@ class EpochLog(Callback):
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         # after a checkpoint's loop state is restored: current_epoch is the first epoch to run
-        self.rows = [r for r in read_csv(self.path) if int(r["epoch"]) < trainer.current_epoch]  # kept as written
+        kept = [r for r in read_csv(self.path) if (e := row_epoch(r)) is not None and e < trainer.current_epoch]
+        self.rows = [{k: v for k, v in r.items() if k is not None} for r in kept]  # as written; torn rows dropped
         self.columns = list(dict.fromkeys(k for r in self.rows for k in r))
         self._rewrite()
 
@@ -124,7 +125,7 @@ class FitStats(Callback):
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.counts_path = self.out_dir / "freq_counts.csv"
         rows = read_csv(self.counts_path)
-        kept = [r for r in rows if int(r["epoch"]) < trainer.current_epoch]
+        kept = [r for r in rows if (e := row_epoch(r)) is not None and e < trainer.current_epoch]
         if len(kept) != len(rows) or not rows:
             p = module.hparams.p
             write_csv(self.counts_path, kept, ["epoch", "member", *[f"k{k}" for k in range(1, p // 2 + 1)]])
@@ -175,6 +176,12 @@ class FitStats(Callback):
         return {"fit/restricted_loss": torch.stack(restricted), "fit/excluded_loss": torch.stack(excluded)}
 
     def teardown(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        self._close()
+
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
+        self._close()
+
+    def _close(self) -> None:
         if self.counts_file is not None:
             self.counts_file.close()
             self.counts_file = None

@@ -51,8 +51,12 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
 }
 
 
-def validate(cfg: DictConfig) -> None:
-    """Raise `ConfigError` for the first top-level knob outside its allowed range."""
+def validate(cfg: DictConfig, check_init: bool = True) -> None:
+    """Raise `ConfigError` for the first top-level knob outside its allowed range.
+
+    `check_init=False` skips reading the `init` weights: a resumed job starts from its
+    checkpoint, so the file it was first started from may be gone.
+    """
     for field, (ok, allowed) in RULES.items():
         if field not in cfg:
             continue
@@ -63,7 +67,7 @@ def validate(cfg: DictConfig) -> None:
             good = False
         if not good:
             raise ConfigError(f"{field}={value!r} is invalid: {field} must be {allowed}")
-    if cfg.get("init") is not None:
+    if cfg.get("init") is not None and check_init:
         _check_init(cfg)
     operation = cfg.get("operation", "add")
     if operation in ("mul", "div") and not (_prime(cfg.p) and cfg.p >= 3):
@@ -78,8 +82,9 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _check_init(cfg: DictConfig) -> None:
-    """`init` must hold weights of this p and hidden, for one member or for every member."""
-    from modadd.runs import RunError, load_weights  # torch: only when there is a file to read
+    """`init` must hold weights of this p and hidden, for one member or for every member, and
+    of this activation where its source records one (a construction's file, a checkpoint, a job)."""
+    from modadd.runs import RunError, load_run, load_weights  # torch: only when there is a file to read
 
     try:
         fc1, fc2 = load_weights(str(cfg.init))
@@ -90,6 +95,12 @@ def _check_init(cfg: DictConfig) -> None:
         raise ConfigError(
             f"init={cfg.init} holds {K} network(s) with p={p}, hidden={hidden}: init must match p={cfg.p}, "
             f"hidden={cfg.hidden} and hold 1 or members={cfg.get('members', 1)} network(s)"
+        )
+    recorded = load_run(str(cfg.init)).config.get("activation")
+    if recorded is not None and recorded != cfg.get("activation", "relu"):
+        raise ConfigError(
+            f"init={cfg.init} was built for activation={recorded}, this run has activation={cfg.get('activation', 'relu')}: "
+            f"give activation={recorded} (or start from its plain weights, a state_dict without hyper_parameters)"
         )
 
 
@@ -105,11 +116,12 @@ def _one_line(err: Exception) -> str:
     return " ".join(lines)
 
 
-def preflight(argv: list[str]) -> None:
+def preflight(argv: list[str], resuming: bool = False) -> None:
     """Compose and validate every job `train.py argv` would run; raise `ConfigError` if one is bad.
 
     Leaves Hydra's own modes (`--cfg`, `--help`, ...) and a single run given sweep syntax to
-    Hydra, which reports those itself.
+    Hydra, which reports those itself. `resuming`: the jobs continue from their checkpoints,
+    so their `init` file is not read.
     """
     from hydra import compose, initialize_config_dir
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -126,6 +138,8 @@ def preflight(argv: list[str]) -> None:
     task = [o for o in overrides if not (o.key_or_group == "hydra" or o.key_or_group.startswith(("hydra.", "hydra/")))]
     if not multirun and any(o.is_sweep_override() for o in task):
         return
+    if any(o.key_or_group == "init" and o.is_sweep_override() for o in task):
+        raise ConfigError("init cannot be swept: run one sweep per init (its path is left out of the job dir names)")
     jobs = BasicSweeper.split_arguments(task, None)[0] if multirun else [[o.input_line for o in task]]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         for job in jobs:
@@ -134,7 +148,7 @@ def preflight(argv: list[str]) -> None:
             except HydraException as err:
                 raise ConfigError(_one_line(err)) from None
             try:
-                validate(cfg)
+                validate(cfg, check_init=not resuming)
             except ConfigError as err:
                 where = f" (in job {','.join(job)})" if multirun else ""
                 raise ConfigError(f"{err}{where}") from None

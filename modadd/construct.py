@@ -7,11 +7,13 @@ Two constructions of the same idea, neuron n reading cos(w a + phi_a) and cos(w 
   phases ~ uniform[-pi, pi). The ReLU of the sum has a product-to-sum term
   cos(w (a+b) + phi_a + phi_b) that lines up with the output weights exactly when c = a + b.
 - `gromov_network`: Gromov's (2023) analytic solution for the quadratic activation. Neuron n
-  has frequency sigma(n) mod p for a random permutation sigma of the N neurons (so every residue
-  is used equally often, 0 included), input weights cos(w a + psi1), cos(w b + psi2) and output
-  weights cos(-w q - psi1 - psi2) (= cos(w q + psi1 + psi2)). (x + y)^2 holds 2xy, whose
-  product-to-sum term summed over evenly spread frequencies is (N/p) * (p/2) * [q = a+b]; the
-  other terms carry random phases and cancel as N grows, so the network is exact for large N.
+  has frequency sigma(n) mod p for a random permutation sigma of the N neurons (the frequencies
+  0..N-1 mod p: every residue equally often when p divides N; frequency 0 gives constant
+  neurons, which `fourier.fit_statistics` does not count as clean), input weights
+  cos(w a + psi1), cos(w b + psi2) and output weights cos(-w q - psi1 - psi2)
+  (= cos(w q + psi1 + psi2)). (x + y)^2 holds 2xy, whose product-to-sum term summed over all
+  residues is (N/p) * (p/2) * [q = a+b]; the other terms carry random phases and cancel as N
+  grows, so the network is exact for large N.
 
 Both return `fc1: (..., hidden, 2p)`, `fc2: (..., p, hidden)` as `fourier.NeuronFits.to_weights`
 builds them (unit scale, zero offset); `fourier.fit_neurons` recovers their frequencies and

@@ -12,26 +12,25 @@ import csv
 import io
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 
 def write_atomic(path: str | os.PathLike, text: str, newline: str | None = None) -> Path:
-    """Write `text` to a temporary file beside `path`, sync it, then rename it over `path`."""
+    """Write `text` to `.<name>.tmp` beside `path`, sync it, then rename it over `path` (a kill
+    mid-write leaves at most that one temporary file, overwritten by the next write)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as f:
+        with tmp.open("w", encoding="utf-8", newline=newline) as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
@@ -44,34 +43,49 @@ def plain(value: Any) -> Any:
 
 
 def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> Path:
-    """Write rows as CSV, atomically: `columns`, or the union of the rows' keys in order of first
-    appearance; missing cells empty; numpy / torch scalars as plain numbers at full precision."""
+    """Write rows as CSV, atomically: `columns` (other keys dropped), or the union of the rows'
+    keys in order of first appearance; missing cells empty; numpy / torch scalars as plain
+    numbers at full precision."""
     columns = list(columns) if columns is not None else list(dict.fromkeys(k for r in rows for k in r))
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, columns, restval="", lineterminator="\n")
+    writer = csv.DictWriter(buffer, columns, restval="", extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows({k: plain(v) for k, v in r.items()} for r in rows)
     return write_atomic(path, buffer.getvalue(), newline="")
 
 
 def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
-    """The rows of a CSV file as written (strings); [] if it is missing or unreadable."""
-    try:
-        with Path(path).open(newline="") as f:
-            return list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error):
+    """The rows of a CSV file as written (strings), [] if it does not exist. Bytes a kill left
+    torn decode as U+FFFD, so only their row is damaged; a file that cannot be read at all
+    raises (a writer resuming from it must not take it for empty)."""
+    path = Path(path)
+    if not path.exists():
         return []
+    with path.open(newline="", encoding="utf-8", errors="replace") as f:
+        return list(csv.DictReader(f))
+
+
+def row_epoch(row: Mapping[str, Any]) -> int | None:
+    """A row's `epoch` as an int, None if it has none (a row torn by a kill)."""
+    try:
+        return int(row["epoch"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, float]]:
     """metrics.csv rows as floats (`epoch` as int, empty cells NaN); a row torn by a kill or a
     concurrent write is skipped, and a missing or unreadable file is []."""
+    try:
+        records = read_csv(path)
+    except (OSError, csv.Error):
+        return []
     rows = []
-    for record in read_csv(path):
+    for record in records:
         try:
             row = {k: float(v) if v not in ("", None) else math.nan for k, v in record.items() if k is not None}
             row["epoch"] = int(row["epoch"])
-        except (KeyError, ValueError):
+        except (KeyError, TypeError, ValueError):
             continue
         rows.append(row)
     return rows

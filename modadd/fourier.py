@@ -67,9 +67,10 @@ class CosineFit:
 @functools.lru_cache(maxsize=16)
 def _dft_matrix(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """`(n, 2 (n//2 + 1))`: cos(2 pi k x/n) for k = 0..n//2, then -sin(2 pi k x/n)."""
-    x = torch.arange(n, dtype=torch.float64)
-    angle = (2 * math.pi / n) * ((x[:, None] * x[None, : n // 2 + 1]) % n)  # k*x reduced mod n: exact
-    return torch.cat([torch.cos(angle), -torch.sin(angle)], dim=1).to(dtype=dtype, device=device)
+    with torch.inference_mode(False), torch.no_grad():  # cached: must serve later autograd calls too
+        x = torch.arange(n, dtype=torch.float64)
+        angle = (2 * math.pi / n) * ((x[:, None] * x[None, : n // 2 + 1]) % n)  # k*x reduced mod n: exact
+        return torch.cat([torch.cos(angle), -torch.sin(angle)], dim=1).to(dtype=dtype, device=device)
 
 
 def dft(y: Tensor) -> tuple[Tensor, Tensor]:
@@ -180,14 +181,14 @@ def freq_counts(freq: Tensor, p: int) -> Tensor:
 def fit_statistics(fits: NeuronFits) -> dict[str, Tensor]:
     """Summaries over the hidden dim, each of shape `(...)`.
 
-    `frac_same_freq`: share of neurons whose a, b and out frequencies agree (the "clean"
-    neurons). `phase_sum_error_median`: median over clean neurons of
+    `frac_same_freq`: share of neurons whose a, b and out frequencies agree and none of whose
+    vectors is constant (the "clean" neurons; a constant vector, r2 = 0, has no frequency). `phase_sum_error_median`: median over clean neurons of
     |wrap(phase_out - phase_a - phase_b)| (NaN if none is clean). `r2_mean_{a,b,out}`: mean
     r2. `scale_ratio_mean`: mean of scale_a / scale_b. `distinct_freqs`: number of distinct
     out-frequencies among clean neurons, or among all neurons if none is clean.
     """
     a, b, out = fits.a, fits.b, fits.out
-    same = (a.freq == b.freq) & (b.freq == out.freq)
+    same = (a.freq == b.freq) & (b.freq == out.freq) & (a.r2 > 0) & (b.r2 > 0) & (out.r2 > 0)
     error = wrap_phase(out.phase - a.phase - b.phase).abs()
     error = torch.where(same, error, torch.nan)
     bins = fits.p // 2 + 1

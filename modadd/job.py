@@ -31,9 +31,9 @@ log = logging.getLogger("modadd")
 
 def train(cfg: DictConfig) -> float:
     """Run the job described by `cfg`; returns the final validation accuracy (mean over members)."""
-    validate(cfg)
-    torch.set_num_threads(torch_threads(cfg))
     out = Path(HydraConfig.get().runtime.output_dir)
+    validate(cfg, check_init=not _checkpoint(out).exists())  # a resumed job starts from its checkpoint
+    torch.set_num_threads(torch_threads(cfg))
     log.info("job %s: %d torch thread(s)", out, torch.get_num_threads())
     done = _finished(out, cfg.epochs)
     if done is not None:
@@ -61,18 +61,19 @@ def torch_threads(cfg: DictConfig) -> int:
     return max(1, cores // n_jobs)
 
 
-def build(cfg: DictConfig) -> tuple[L.Trainer, GrokModule, L.LightningDataModule]:
+def build(cfg: DictConfig, resuming: bool = False) -> tuple[L.Trainer, GrokModule, L.LightningDataModule]:
     """The configured trainer (with its loggers and callbacks), module and data.
 
     The loggers come first and get the config at once, so a job that fails later (a bad
-    trainer setting, say) is still a W&B run, marked failed.
+    trainer setting, say) is still a W&B run, marked failed. `resuming`: the checkpoint will
+    replace the weights, so `init` is not loaded.
     """
     loggers = [instantiate(c) for c in (cfg.logger or {}).values()]
     config = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
         logger.log_hyperparams(config)
     data: L.LightningDataModule = instantiate(cfg.data)
-    module: GrokModule = instantiate(cfg.model)
+    module: GrokModule = instantiate(cfg.model, **({"init": None} if resuming else {}))
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
     callbacks.sort(key=callback_rank)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
@@ -85,11 +86,15 @@ def callback_rank(callback: L.Callback) -> int:
     return 2 if isinstance(callback, LastCheckpoint) else 1 if isinstance(callback, EpochLog) else 0
 
 
+def _checkpoint(out: Path) -> Path:
+    return out / "checkpoints" / "last.ckpt"
+
+
 def _fit(cfg: DictConfig, out: Path) -> dict:
-    trainer, module, data = build(cfg)
-    loggers = trainer.loggers
-    last = out / "checkpoints" / "last.ckpt"
+    last = _checkpoint(out)
     resume = last if last.exists() else None
+    trainer, module, data = build(cfg, resuming=resume is not None)
+    loggers = trainer.loggers
     if resume:
         log.info("resuming from %s", resume)
     trainer.fit(module, datamodule=data, ckpt_path=resume)

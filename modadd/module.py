@@ -63,6 +63,9 @@ class GrokModule(L.LightningModule):
             fc1, fc2 = load_weights(init)
             W_in, W_out = (w.transpose(1, 2).expand(members, -1, -1).contiguous() for w in (fc1, fc2))
             self.net = MLPStack(W_in, W_out, activation)
+            if members > fc1.shape[0]:
+                log.warning("the %d members all start from %s: they differ only through their batch orders "
+                            "(not at all with shuffle=false or a full batch)", members, init)
         self.epoch_metrics: dict[str, float] = {}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

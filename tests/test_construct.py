@@ -42,8 +42,6 @@ def test_gromov_weights_are_gromovs_formula():
     torch.testing.assert_close(fc1[:, :p], torch.cos(w * x + psi1[:, None]))
     torch.testing.assert_close(fc1[:, p:], torch.cos(w * x + psi2[:, None]))
     torch.testing.assert_close(fc2, torch.cos(-w * x - psi1[:, None] - psi2[:, None]).T)
-    counts = torch.bincount(s, minlength=p)
-    assert counts.max() - counts.min() <= 1
 
 
 def test_gromov_logits_average_to_a_scaled_indicator_of_the_answer():
@@ -136,6 +134,9 @@ def test_init_of_the_wrong_shape_is_refused_before_any_output(tmp_out):
     proc = run_script("train.py", f"init={tmp_out / 'model_N8.pt'}", "p=13", "hidden=9", f"hydra.run.dir={run}", check=False)
     assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1
     assert "init must match p=13, hidden=9" in proc.stderr and not run.exists()
+    proc = run_script("train.py", f"init={tmp_out / 'model_N8.pt'}", "p=13", "hidden=8", f"hydra.run.dir={run}", check=False)
+    assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1 and not run.exists()
+    assert "was built for activation=quadratic, this run has activation=relu" in proc.stderr
 
 
 @pytest.mark.parametrize("args, message", [

@@ -268,8 +268,8 @@ def test_fit_statistics_mixed_clean_neurons() -> None:
 
 def test_fit_statistics_on_given_fits() -> None:
     def fit(freq: list[int], phase: list[float], scale: list[float]) -> CosineFit:
-        zeros = torch.zeros(len(freq), dtype=DT)
-        return CosineFit(torch.tensor(freq), torch.tensor(phase, dtype=DT), torch.tensor(scale, dtype=DT), zeros, zeros)
+        zeros, ones = torch.zeros(len(freq), dtype=DT), torch.ones(len(freq), dtype=DT)
+        return CosineFit(torch.tensor(freq), torch.tensor(phase, dtype=DT), torch.tensor(scale, dtype=DT), zeros, ones)
 
     # neurons 0-3 clean with phase-sum errors 0.1, -0.2, 0.3 (wrapping), 0.4; neuron 4 not clean
     a = fit([3, 3, 5, 5, 2], [0.0, 1.0, 3.0, -1.0, 0.0], [1.0, 2.0, 1.0, 1.0, 1.0])
