@@ -178,17 +178,23 @@ def freq_counts(freq: Tensor, p: int) -> Tensor:
     return _weighted_counts(freq, p // 2 + 1, torch.ones_like(freq))
 
 
+def clean_neurons(fits: NeuronFits) -> Tensor:
+    """`(..., hidden)` bool: the neurons whose a, b and out frequencies agree and none of whose
+    vectors is constant (r2 = 0: a constant vector has no frequency)."""
+    a, b, out = fits.a, fits.b, fits.out
+    return (a.freq == b.freq) & (b.freq == out.freq) & (a.r2 > 0) & (b.r2 > 0) & (out.r2 > 0)
+
+
 def fit_statistics(fits: NeuronFits) -> dict[str, Tensor]:
     """Summaries over the hidden dim, each of shape `(...)`.
 
-    `frac_same_freq`: share of neurons whose a, b and out frequencies agree and none of whose
-    vectors is constant (the "clean" neurons; a constant vector, r2 = 0, has no frequency). `phase_sum_error_median`: median over clean neurons of
+    `frac_same_freq`: share of the clean neurons (`clean_neurons`). `phase_sum_error_median`: median over clean neurons of
     |wrap(phase_out - phase_a - phase_b)| (NaN if none is clean). `r2_mean_{a,b,out}`: mean
     r2. `scale_ratio_mean`: mean of scale_a / scale_b. `distinct_freqs`: number of distinct
     out-frequencies among clean neurons, or among all neurons if none is clean.
     """
     a, b, out = fits.a, fits.b, fits.out
-    same = (a.freq == b.freq) & (b.freq == out.freq) & (a.r2 > 0) & (b.r2 > 0) & (out.r2 > 0)
+    same = clean_neurons(fits)
     error = wrap_phase(out.phase - a.phase - b.phase).abs()
     error = torch.where(same, error, torch.nan)
     bins = fits.p // 2 + 1

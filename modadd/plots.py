@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator, NullLocator, PercentFormatter
 
-from modadd.fourier import NeuronFits, fit_neurons
+from modadd.fourier import NeuronFits, clean_neurons, fit_neurons
 from modadd.grokking import grokking_epochs
 from modadd.model import activate
 
@@ -208,16 +208,16 @@ def frequency_agreement(fits: NeuronFits) -> Figure:
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
         ax.legend(loc="upper left", fontsize="small", markerscale=0.6)
-    same = np.mean((ka == kb) & (kb == ko))
+    same = _np(clean_neurons(fits)).mean()
     fig.suptitle(f"Dominant frequencies of {n} neurons (p = {fits.p}): $k_a = k_b = k_{{out}}$ for {same:.0%}")
     return fig
 
 
 def phase_sum(fits: NeuronFits) -> Figure:
-    """phase_out against wrap(phase_a + phase_b) for the neurons whose three frequencies agree,
+    """phase_out against wrap(phase_a + phase_b) for the clean neurons (`fourier.clean_neurons`),
     coloured by frequency, with the diagonal of the phase-sum rule and the median |error|."""
     f = _fit_arrays(fits)
-    clean = (f["a"]["freq"] == f["b"]["freq"]) & (f["b"]["freq"] == f["out"]["freq"])
+    clean = _np(clean_neurons(fits))
     x = _wrap(f["a"]["phase"] + f["b"]["phase"])[clean]
     y = f["out"]["phase"][clean]
     fig = Figure(figsize=(6.2, 4.8), layout="constrained")
