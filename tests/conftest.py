@@ -13,9 +13,11 @@ ROOT = Path(__file__).resolve().parents[1]
 FAST_GROK = ["p=31", "train_fraction=0.9", "hidden=128", "lr=0.01", "weight_decay=1", "epochs=250"]
 
 
-def run_script(script: str, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `python <script> args...` from the repo root, W&B offline, as a user would."""
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
+def run_script(script: str, *args: str, check: bool = True, timeout: float = 300,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run `python <script> args...` from the repo root, W&B offline, as a user would (`env`:
+    more environment variables)."""
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore", **(env or {})}
     proc = subprocess.run(
         [sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env,
         capture_output=True, text=True, timeout=timeout,

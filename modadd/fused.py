@@ -1,0 +1,55 @@
+"""The fused CPU training epoch (`fused.cpp`), compiled on first use and cached.
+
+`train_epoch` runs a whole epoch's minibatches of an `MLPStack` (forward, cross-entropy,
+hand-written backward, AdamW) in one C++ call. It is the CPU's fast path; `MLPStack.backward`
+with torch's fused AdamW stays the path on a GPU, and the one used where this kernel cannot be
+built (no C++ compiler): `available()` says which.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from modadd.config import ACTIVATIONS
+
+log = logging.getLogger("modadd")
+
+FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
+
+
+@cache
+def available() -> bool:
+    """Builds (once per machine, ~30 s; then cached by torch) and loads the kernel."""
+    from torch.utils.cpp_extension import load
+
+    try:
+        load("modadd_fused", [str(Path(__file__).with_name("fused.cpp"))], extra_cflags=FLAGS,
+             extra_ldflags=["-fopenmp"], is_python_module=False)
+    except Exception as error:  # no compiler, no headers: the torch path still works, slower
+        lines = str(error).splitlines() or [type(error).__name__]
+        reason = next((line for line in lines if "error:" in line), lines[0])[:300]
+        log.warning("the fused CPU kernel could not be built (%s); training uses the slower torch path", reason)
+        return False
+    return True
+
+
+def train_epoch(W_in: Tensor, W_out: Tensor, states: list[dict], a: Tensor, b: Tensor, y: Tensor,
+                batch_size: int, group: dict, activation: str) -> tuple[Tensor, Tensor]:
+    """One epoch for `a, b, y: (K, n)` (the epoch's order) in minibatches of `batch_size`;
+    updates the weights and the AdamW `states` (torch's, for W_in and W_out) in place.
+    Returns the sum over minibatches of the mean loss `(K,)` and the count of right answers `(K,)`."""
+    step = float(states[0]["step"])
+    beta1, beta2 = group["betas"]
+    loss, correct = torch.ops.modadd.train_epoch(
+        W_in, W_out, states[0]["exp_avg"], states[0]["exp_avg_sq"], states[1]["exp_avg"], states[1]["exp_avg_sq"],
+        step, a, b, y, batch_size, group["lr"], beta1, beta2, group["weight_decay"], group["eps"],
+        ACTIVATIONS.index(activation))
+    steps = -(-a.shape[1] // batch_size)
+    for state in states:
+        state["step"] += steps
+    return loss, correct
