@@ -59,9 +59,9 @@ class CosineFit:
         angle = (2 * math.pi / n) * ((self.freq[..., None] * x) % n).to(self.scale.dtype)
         return self.scale[..., None] * torch.cos(angle + self.phase[..., None]) + self.offset[..., None]
 
-    def _select(self, i: int) -> CosineFit:
-        """Index -2 of every field: splits a fit of stacked vector types `(..., 3, hidden)`."""
-        return CosineFit(*(getattr(self, f.name)[..., i, :] for f in fields(self)))
+    def unbind(self) -> list[CosineFit]:
+        """Splits a fit of stacked vector types `(..., m, hidden)` along dim -2 (views)."""
+        return [CosineFit(*parts) for parts in zip(*(getattr(self, f.name).unbind(-2) for f in fields(self)))]
 
 
 @functools.lru_cache(maxsize=16)
@@ -73,13 +73,12 @@ def _dft_matrix(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         return torch.cat([torch.cos(angle), -torch.sin(angle)], dim=1).to(dtype=dtype, device=device)
 
 
-def dft(y: Tensor) -> tuple[Tensor, Tensor]:
-    """Real and imaginary parts of `torch.fft.rfft(y, dim=-1)`, `(..., n//2 + 1)` each, as one
-    matmul with a cached DFT matrix: for the prime lengths (n = p) of this package it is 2-4x
-    faster than the FFT, which falls back to Bluestein's algorithm there."""
+def dft(y: Tensor) -> Tensor:
+    """`torch.fft.rfft(y, dim=-1)` as real numbers `(..., 2, n//2 + 1)` (real parts, then
+    imaginary), as one matmul with a cached DFT matrix: for the prime lengths (n = p) of this
+    package it is 2-4x faster than the FFT, which falls back to Bluestein's algorithm there."""
     n = y.shape[-1]
-    both = y @ _dft_matrix(n, y.dtype, y.device)
-    return both[..., : n // 2 + 1], both[..., n // 2 + 1 :]
+    return (y @ _dft_matrix(n, y.dtype, y.device)).unflatten(-1, (2, n // 2 + 1))
 
 
 def fit_cosines(y: Tensor) -> CosineFit:
@@ -94,26 +93,25 @@ def fit_cosines(y: Tensor) -> CosineFit:
     n = y.shape[-1]
     if n < 2:
         raise ValueError(f"need vectors of length >= 2, got {n}")
-    re, im = dft(y)  # (..., n//2 + 1) each
-    power = re.square() + im.square()
+    both = dft(y)  # (..., 2, n//2 + 1)
+    power = both.square().sum(dim=-2)  # |Y_k|^2
     # n * SS_tot by Parseval: bins 0 < k < n/2 also stand for bin n-k (weight 2), Nyquist does not
     ss_tot = 2 * power[..., 1:].sum(dim=-1)
-    if n % 2 == 0:
-        ss_tot = ss_tot - power[..., -1]
-
-    freq = power[..., 1:].argmax(dim=-1) + 1  # argmax returns the first maximum
-    re_k = re.gather(-1, freq[..., None]).squeeze(-1)
-    im_k = im.gather(-1, freq[..., None]).squeeze(-1)
-    at_nyquist = 2 * freq == n
-    weight = 2 - at_nyquist.to(power.dtype)
+    freq = power[..., 1:].max(dim=-1).indices + 1  # the first maximum
+    re_k, im_k = both.gather(-1, freq[..., None, None].expand(*freq.shape, 2, 1)).squeeze(-1).unbind(-1)
     magnitude = torch.hypot(re_k, im_k)
-    nyquist_phase = (re_k < 0).to(power.dtype) * math.pi  # the Nyquist bin is real
-    phase = torch.where(at_nyquist, nyquist_phase, torch.atan2(im_k, re_k))
-    low, high = torch.aminmax(y, dim=-1)
-    constant = low == high
-    r2 = torch.where(constant, 0.0, weight * magnitude.square() / torch.where(constant, 1.0, ss_tot))
-    scale = weight * magnitude / n
-    return CosineFit(freq=freq, phase=wrap_phase(phase), scale=scale, offset=y.mean(dim=-1), r2=r2)
+    phase = torch.atan2(im_k, re_k)  # in [-pi, pi]
+    phase = torch.where(phase == -math.pi, math.pi, phase)  # (-pi, pi], as `wrap_phase` gives
+    if n % 2 == 0:  # the Nyquist bin k = n/2 is real and counts once
+        ss_tot = ss_tot - power[..., -1]
+        at_nyquist = 2 * freq == n
+        weight = 2 - at_nyquist.to(power.dtype)
+        phase = torch.where(at_nyquist, (re_k < 0).to(power.dtype) * math.pi, phase)
+    else:
+        weight = 2
+    constant = y.amax(dim=-1) == y.amin(dim=-1)
+    r2 = torch.where(constant, 0.0, weight * magnitude.square() / ss_tot)  # ss_tot = 0 only if constant
+    return CosineFit(freq=freq, phase=phase, scale=weight * magnitude / n, offset=y.mean(dim=-1), r2=r2)
 
 
 def _check_weights(fc1: Tensor, fc2: Tensor) -> int:
@@ -163,8 +161,8 @@ class NeuronFits:
 def fit_neurons(fc1: Tensor, fc2: Tensor) -> NeuronFits:
     """Fit all neurons' three weight vectors with a single `fit_cosines` call."""
     p = _check_weights(fc1, fc2)
-    fit = fit_cosines(_neuron_vectors(fc1, fc2, p))
-    return NeuronFits(a=fit._select(0), b=fit._select(1), out=fit._select(2), p=p)
+    a, b, out = fit_cosines(_neuron_vectors(fc1, fc2, p)).unbind()
+    return NeuronFits(a=a, b=b, out=out, p=p)
 
 
 def _weighted_counts(freq: Tensor, bins: int, weight: Tensor) -> Tensor:
@@ -197,10 +195,8 @@ def fit_statistics(fits: NeuronFits) -> dict[str, Tensor]:
     same = clean_neurons(fits)
     error = wrap_phase(out.phase - a.phase - b.phase).abs()
     error = torch.where(same, error, torch.nan)
-    bins = fits.p // 2 + 1
-    clean_counts = _weighted_counts(out.freq, bins, same.long())
-    all_counts = _weighted_counts(out.freq, bins, torch.ones_like(out.freq))
-    counts = torch.where(same.any(dim=-1, keepdim=True), clean_counts, all_counts)
+    counted = same | ~same.any(dim=-1, keepdim=True)  # the clean neurons, or all if none is
+    counts = _weighted_counts(out.freq, fits.p // 2 + 1, counted.long())
     return {
         "frac_same_freq": same.to(a.phase.dtype).mean(dim=-1),
         # the mean of the lower and upper median (torch.nanmedian gives the lower): nanquantile's
@@ -245,8 +241,7 @@ def fourier_norms(fc1: Tensor, fc2: Tensor) -> Tensor:
     the constant, not a wave).
     """
     p = _check_weights(fc1, fc2)
-    re, im = dft(_neuron_vectors(fc1, fc2, p))  # (..., 3, hidden, p//2 + 1)
-    power = (re.square() + im.square()).sum(dim=(-3, -2))
+    power = dft(_neuron_vectors(fc1, fc2, p)).square().sum(dim=(-4, -3, -2))  # over re/im, hidden, a/b/out
     k = torch.arange(power.shape[-1], device=power.device)
     weight = torch.where((k == 0) | (2 * k == p), 1.0, 2.0).to(power.dtype)
     return (weight * power / p).sqrt()
