@@ -21,17 +21,23 @@ log = logging.getLogger("modadd")
 
 
 class EpochLog(Callback):
-    """Writes the epoch's row (`epoch` + `module.epoch_metrics`) to metrics.csv and every logger.
+    """Writes each epoch's row (`epoch` + `module.epoch_metrics`) to metrics.csv and every logger.
 
-    The CSV is flushed every epoch so a killed run keeps its curve; on resume the rows of
-    epochs the checkpoint does not cover are dropped, so no epoch appears twice or is missing.
-    Must run after every callback that adds metrics to the row (`train.py` puts it last).
+    Rows are written in blocks of `flush_every` epochs (and at the end, on a stop or an
+    exception), so that `FitStats` can fit a block's weights in one batched call and add its
+    statistics to the pending rows (`add`). With `flush_every` equal to the checkpoint interval,
+    a kill loses no row the checkpoint covers; on resume the rows of epochs it does not cover
+    are dropped, so no epoch appears twice or is missing. Must run after every callback that
+    adds metrics to the row (`train.py` puts it last).
     """
 
-    def __init__(self, path: str | Path, print_every: int = 100):
+    def __init__(self, path: str | Path, print_every: int = 100, flush_every: int = 10):
         self.path = Path(path)
         self.print_every = print_every
-        self.rows: list[dict] = []
+        self.flush_every = flush_every
+        self.rows: list[dict] = []  # written
+        self.pending: dict[int, dict] = {}  # epoch -> row not yet written
+        self.media: dict[int, dict] = {}  # epoch -> W&B media logged with that epoch's row
         self.columns: list[str] = []
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -41,21 +47,58 @@ class EpochLog(Callback):
         self.columns = list(dict.fromkeys(k for r in self.rows for k in r))
         self._rewrite()
 
+    def flushes(self, trainer: L.Trainer) -> bool:
+        """Whether this epoch's end writes the pending rows: every `flush_every` epochs, at the
+        end, and whenever a checkpoint is saved (a resume must find every row it covers)."""
+        epoch = trainer.current_epoch
+        return ((epoch + 1) % self.flush_every == 0 or epoch + 1 == trainer.max_epochs or trainer.should_stop
+                or any(isinstance(c, LastCheckpoint) and c.saves(trainer) for c in trainer.callbacks))
+
+    def add(self, epoch: int, metrics: dict[str, float], media: dict | None = None) -> None:
+        """Adds metrics (and W&B media) to the row of `epoch`: a pending one or the current one."""
+        self.pending.setdefault(epoch, {"epoch": epoch}).update(metrics)
+        if media:
+            self.media.setdefault(epoch, {}).update(media)
+
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         epoch = trainer.current_epoch
-        row = {"epoch": epoch, **module.epoch_metrics}
+        added = self.pending.pop(epoch, {})
+        self.pending[epoch] = {"epoch": epoch, **module.epoch_metrics, **added}
+        self.finished = epoch
         module.epoch_metrics = {}
-        self.rows.append(row)
-        if set(row) - set(self.columns):
-            self.columns += [k for k in row if k not in self.columns]
+        if self.flushes(trainer):
+            self.flush(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.flush(trainer)  # a stop that came after this epoch's on_train_epoch_end
+
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
+        finished = getattr(self, "finished", -1)
+        self.pending = {e: row for e, row in self.pending.items() if e <= finished}  # no half-made row
+        self.flush(trainer)
+
+    def flush(self, trainer: L.Trainer) -> None:
+        rows = [self.pending.pop(e) for e in sorted(self.pending)]
+        if not rows:
+            return
+        self.rows += rows
+        new_columns = [k for row in rows for k in row if k not in self.columns]
+        if new_columns:
+            self.columns += list(dict.fromkeys(new_columns))
             self._rewrite()
         else:
             with self.path.open("a", newline="") as f:
-                csv.DictWriter(f, self.columns, lineterminator="\n").writerow(row)
-        for logger in trainer.loggers:
-            logger.log_metrics(row, step=epoch)
-        if (epoch + 1) % self.print_every == 0 or epoch + 1 == trainer.max_epochs or epoch == 0:
-            log.info(progress_line(row, trainer.max_epochs))
+                csv.DictWriter(f, self.columns, lineterminator="\n").writerows(rows)
+        wandb_runs = [lg.experiment for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        for row in rows:
+            epoch = row["epoch"]
+            media = self.media.pop(epoch, None)
+            for run in wandb_runs if media else []:
+                run.log(media, commit=False)  # joins the row, logged next
+            for logger in trainer.loggers:
+                logger.log_metrics(row, step=epoch)
+            if (epoch + 1) % self.print_every == 0 or epoch + 1 == trainer.max_epochs or epoch == 0:
+                log.info(progress_line(row, trainer.max_epochs))
 
     def _rewrite(self) -> None:
         write_csv(self.path, self.rows, self.columns)
@@ -81,9 +124,12 @@ class LastCheckpoint(Callback):
         self.path = Path(dirpath) / "last.ckpt"
         self.every = every_n_epochs
 
-    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+    def saves(self, trainer: L.Trainer) -> bool:
         epoch = trainer.current_epoch
-        if (epoch + 1) % self.every == 0 or epoch + 1 == trainer.max_epochs or trainer.should_stop:
+        return (epoch + 1) % self.every == 0 or epoch + 1 == trainer.max_epochs or trainer.should_stop
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self.saves(trainer):
             tmp = self.path.with_suffix(".tmp")
             trainer.save_checkpoint(tmp, weights_only=False)  # the optimiser and loops too, to resume
             tmp.replace(self.path)
@@ -93,11 +139,13 @@ class FitStats(Callback):
     """Cosine fits of every neuron and Nanda-style progress measures, logged as the run goes.
 
     Every `every_n_epochs` (and at the last epoch): the fit statistics (`fit/...`), the weight
-    norms, and the counts per frequency in `freq_counts.csv`. Every `progress_every_n_epochs`:
-    the Fourier sparsity of the weights (a second FFT), the restricted and excluded losses over
-    all p*p pairs (a full forward pass, ~10 ms at p=113) and the frequency histogram to W&B (a
-    media log costs ~1 ms); together they would cost more than the 5 % of an epoch this
-    callback is allowed every epoch.
+    norms, and the counts per frequency in `freq_counts.csv`. The weights are kept until EpochLog
+    writes its next block of rows and then fitted in one batched call (a fit of one epoch's ~300
+    vectors is ~60 small ops whose fixed costs dominate; a block of 10 costs little more).
+    Every `progress_every_n_epochs`: the Fourier sparsity of the weights (a second DFT), the
+    restricted and excluded losses over all p*p pairs (a full forward pass) and the frequency
+    histogram to W&B (a media log costs ~1 ms); every epoch they would cost more than the 5 % of
+    an epoch this callback is allowed.
     Every `images_every_n_epochs` and at the end: figures to W&B. At the end: the per-neuron
     table as `neurons.csv` and a W&B table. With K members, each statistic is their mean (plus
     std and per-member values, as for the losses). For `sub`, `mul` and `div` the weights are
@@ -121,6 +169,7 @@ class FitStats(Callback):
         self.images_every = images_every_n_epochs
         self.key_freq_share = key_freq_share
         self.counts_file = None
+        self.snapshots: list[tuple[int, Tensor, Tensor]] = []  # (epoch, W_in, W_out) not yet fitted
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.counts_path = self.out_dir / "freq_counts.csv"
@@ -135,30 +184,64 @@ class FitStats(Callback):
         epoch, last = trainer.current_epoch, trainer.current_epoch + 1 == trainer.max_epochs or trainer.should_stop
         if not (epoch % self.every == 0 or last):
             return
-        fc1, fc2 = self._weights(module)
+        self.snapshots.append((epoch, module.net.W_in.detach().clone(), module.net.W_out.detach().clone()))
+        progress = epoch % self.progress_every == 0 or last
+        images = (epoch + 1) % self.images_every == 0 or last
+        epoch_log = _epoch_log(trainer)
+        if not (epoch_log is None or epoch_log.flushes(trainer) or progress or images):
+            return  # fitted with the rest of the block, before EpochLog writes its rows
+        fits = self._fit_snapshots(trainer, module, epoch_log).member(-1)  # this epoch's
+        if not (progress or images):
+            return
+        fc1, fc2 = self.last_weights
+        stats, media = {}, {}
+        if progress and self.operation != "x2xyy2":
+            spectrum = fourier.fourier_norms(fc1, fc2)[..., 1:]
+            measures = {"fit/fourier_gini": fourier.gini(spectrum), "fit/fourier_ipr": fourier.ipr(spectrum)}
+            measures.update(self._progress_measures(fc1, fc2, fits, module.net.activation))
+            values = torch.stack([v.double() for v in measures.values()], dim=1).tolist()  # one sync
+            for j, name in enumerate(measures):
+                stats.update(member_metrics(name, [row[j] for row in values]))
+        if any(isinstance(lg, WandbLogger) for lg in trainer.loggers):
+            if progress:
+                media["fit/freq_hist"] = _histogram(fits.out.freq)
+            if images:
+                media.update(_charts(fc1[0], fc2[0], fits.member(0)))
+        self._emit(trainer, module, epoch_log, epoch, stats, media)
+
+    def _fit_snapshots(self, trainer: L.Trainer, module: L.LightningModule, epoch_log: EpochLog | None) -> fourier.NeuronFits:
+        """Fits the weights of every snapshot epoch at once (one batched call, leading dim B) and
+        adds each epoch's statistics to its row and its counts to freq_counts.csv."""
+        epochs = [e for e, _, _ in self.snapshots]
+        W_in = torch.stack([w for _, w, _ in self.snapshots])  # (B, K, 2p, hidden)
+        W_out = torch.stack([w for _, _, w in self.snapshots])
+        self.snapshots = []
+        fc1, fc2, self.basis = fourier.addition_basis(W_in.transpose(-1, -2), W_out.transpose(-1, -2), self.operation)
         fits = fourier.fit_neurons(fc1, fc2)
         stats = {f"fit/{k}": v for k, v in fourier.fit_statistics(fits).items()}
-        norms = fourier.weight_norms(*module.net.seed_weights())  # of the weights as they are
+        norms = fourier.weight_norms(W_in.transpose(-1, -2), W_out.transpose(-1, -2))  # of the weights as they are
         stats.update({"fit/weight_norm": norms["total"], "fit/weight_norm_fc1": norms["fc1"], "fit/weight_norm_fc2": norms["fc2"]})
-        if (epoch % self.progress_every == 0 or last) and self.operation != "x2xyy2":
-            spectrum = fourier.fourier_norms(fc1, fc2)[..., 1:]
-            stats.update({"fit/fourier_gini": fourier.gini(spectrum), "fit/fourier_ipr": fourier.ipr(spectrum)})
-            stats.update(self._progress_measures(fc1, fc2, fits, module.net.activation))
-        counts = fourier.freq_counts(fits.out.freq, fits.p)[:, 1:]  # (K, p//2)
-        names = list(stats)
-        values = torch.stack([stats[n].double() for n in names], dim=1).tolist()  # one sync
-        for j, name in enumerate(names):
-            module.epoch_metrics.update(member_metrics(name, [row[j] for row in values]))
-        csv.writer(self.counts_file, lineterminator="\n").writerows([[epoch, k, *c] for k, c in enumerate(counts.tolist())])
-        self.counts_file.flush()  # a killed run keeps every finished epoch's row
-        wandb_runs = [lg.experiment for lg in trainer.loggers if isinstance(lg, WandbLogger)]
-        media = {}
-        if wandb_runs and (epoch % self.progress_every == 0 or last):
-            media["fit/freq_hist"] = _histogram(fits.out.freq)
-        if wandb_runs and ((epoch + 1) % self.images_every == 0 or last):
-            media.update(_figures(fc1[0], fc2[0], fits.member(0)))
-        for run in wandb_runs if media else []:
-            run.log(media, commit=False)  # joins the epoch's row, logged next by EpochLog
+        counts = fourier.freq_counts(fits.out.freq, fits.p)[..., 1:]  # (B, K, p//2)
+        values = torch.stack([v.double() for v in stats.values()], dim=-1).tolist()  # (B, K, stats): one sync
+        for b, epoch in enumerate(epochs):
+            row = {}
+            for j, name in enumerate(stats):
+                row.update(member_metrics(name, [member[j] for member in values[b]]))
+            self._emit(trainer, module, epoch_log, epoch, row)
+        rows = [[epoch, k, *c] for epoch, per_member in zip(epochs, counts.tolist()) for k, c in enumerate(per_member)]
+        csv.writer(self.counts_file, lineterminator="\n").writerows(rows)
+        self.counts_file.flush()  # a killed run keeps every fitted epoch's row
+        self.last_weights = fc1[-1], fc2[-1]  # (K, ...): the last epoch's, in the addition basis
+        return fits
+
+    def _emit(self, trainer: L.Trainer, module: L.LightningModule, epoch_log: EpochLog | None, epoch: int,
+              stats: dict[str, float], media: dict | None = None) -> None:
+        if epoch_log is not None:
+            epoch_log.add(epoch, stats, media)
+            return
+        module.epoch_metrics.update(stats)  # without an EpochLog: every epoch is fitted as it ends
+        for run in [lg.experiment for lg in trainer.loggers if isinstance(lg, WandbLogger)] if media else []:
+            run.log(media, commit=False)
 
     def _weights(self, module: L.LightningModule) -> tuple[Tensor, Tensor]:
         """`fc1: (K, hidden, 2n)`, `fc2: (K, n, hidden)` in the basis where the task is addition."""
@@ -179,6 +262,8 @@ class FitStats(Callback):
         self._close()
 
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
+        if self.snapshots and self.counts_file is not None:  # their rows are still to be written
+            self._fit_snapshots(trainer, module, _epoch_log(trainer))
         self._close()
 
     def _close(self) -> None:
@@ -187,6 +272,8 @@ class FitStats(Callback):
             self.counts_file = None
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self.snapshots:  # a stop after this epoch's hook: fitted before EpochLog writes the rows
+            self._fit_snapshots(trainer, module, _epoch_log(trainer))
         fc1, fc2 = self._weights(module)
         table = fourier.fit_neurons(fc1, fc2).table()  # columns (K, hidden)
         K, hidden = fc1.shape[0], fc1.shape[1]
@@ -199,6 +286,10 @@ class FitStats(Callback):
                 lg.log_table("fit/neuron_table", columns=columns, data=rows)
 
 
+def _epoch_log(trainer: L.Trainer) -> EpochLog | None:
+    return next((c for c in trainer.callbacks if isinstance(c, EpochLog)), None)
+
+
 def _histogram(freq: Tensor):
     import wandb
 
@@ -206,20 +297,39 @@ def _histogram(freq: Tensor):
     return wandb.Histogram(np_histogram=np.histogram(values, bins=np.arange(0.5, values.max() + 1.5)))
 
 
-def _figures(fc1: Tensor, fc2: Tensor, fits: fourier.NeuronFits) -> dict:
-    """A few neurons with their fitted cosines, the frequency histogram, the phase-sum plot."""
-    import matplotlib.pyplot as plt
+def _charts(fc1: Tensor, fc2: Tensor, fits: fourier.NeuronFits, neurons: int = 2) -> dict:
+    """W&B's own charts, drawn by its UI from the logged values (~20 ms here, against ~1 s for
+    the same views rendered by matplotlib; `analyze.py` draws those afterwards): the first
+    `neurons` neurons' weights against their fitted cosines, neurons per frequency, and the
+    phase-sum rule over the clean neurons. Each weight vector is plotted at k*x mod p (k: its
+    fit's frequency), where a cosine of any frequency is one smooth period."""
     import wandb
 
-    from modadd import plots
-
-    fc1, fc2 = fc1.detach().cpu(), fc2.detach().cpu()
-    figures = {
-        "fit/neurons": plots.neuron_weights(fc1, fc2, fits, list(range(min(2, fc1.shape[0])))),  # 0.4 s each
-        "fit/freq_histogram": plots.frequency_histogram(fits.out.freq, fits.p),
-        "fit/phase_sum": plots.phase_sum(fits),
-    }
-    media = {k: wandb.Image(fig) for k, fig in figures.items()}
-    for fig in figures.values():
-        plt.close(fig)
-    return media
+    fc1, fc2 = fc1.detach().cpu().double(), fc2.detach().cpu().double()
+    p = fits.p
+    x = torch.arange(p)
+    charts = {}
+    for n in range(min(neurons, fc1.shape[0])):
+        xs, ys, keys = [], [], []
+        for name, w in {"a": fc1[n, :p], "b": fc1[n, p:], "out": fc2[:, n]}.items():
+            fit = getattr(fits, name)
+            k = int(fit.freq[n])
+            folded = (k * x) % p
+            order = folded.argsort()
+            xs += [folded[order].tolist()] * 2
+            ys += [w[order].tolist(), fit.evaluate(p)[n][order].tolist()]
+            keys += [f"{name} (k={k})", f"{name} fit (R²={float(fit.r2[n]):.2f})"]
+        charts[f"fit/neuron_{n}"] = wandb.plot.line_series(xs=xs, ys=ys, keys=keys, title=f"neuron {n}: weights at k·x mod p",
+                                                           xname="k·x mod p")
+    counts = fourier.freq_counts(fits.out.freq, p)[1:].tolist()
+    table = wandb.Table(columns=["frequency", "neurons"], data=[[k + 1, c] for k, c in enumerate(counts)])
+    charts["fit/freq_histogram"] = wandb.plot.bar(table, "frequency", "neurons", title="neurons per frequency (out)")
+    clean = fourier.clean_neurons(fits)
+    phase_in = fourier.wrap_phase(fits.a.phase + fits.b.phase)[clean]
+    phase_out, freq = fits.out.phase[clean], fits.out.freq[clean]
+    error = fourier.wrap_phase(phase_out - phase_in).abs().median().item() if clean.any() else float("nan")
+    rows = [[n, float(u), float(v), int(k)] for n, u, v, k in zip(clean.nonzero().flatten().tolist(), phase_in, phase_out, freq)]
+    table = wandb.Table(columns=["neuron", "phase_a + phase_b", "phase_out", "frequency"], data=rows)
+    charts["fit/phase_sum"] = wandb.plot.scatter(table, "phase_a + phase_b", "phase_out",
+                                                 title=f"phase-sum rule: median |error| {error:.3f} rad")
+    return charts

