@@ -1,9 +1,10 @@
 """The fused CPU training epoch (`fused.cpp`), compiled on first use and cached.
 
 `train_epoch` runs a whole epoch's minibatches of an `MLPStack` (forward, cross-entropy,
-hand-written backward, AdamW) in one C++ call. It is the CPU's fast path; `MLPStack.backward`
-with torch's fused AdamW stays the path on a GPU, and the one used where this kernel cannot be
-built (no C++ compiler): `available()` says which.
+hand-written backward, AdamW) in one C++ call, and `evaluate` a split's loss and accuracy.
+They are the CPU's fast path; `MLPStack.backward` with torch's fused AdamW stays the path on a
+GPU, and the one used where this kernel cannot be built (no C++ compiler): `available()` says
+which.
 """
 
 from __future__ import annotations
@@ -52,4 +53,11 @@ def train_epoch(W_in: Tensor, W_out: Tensor, states: list[dict], a: Tensor, b: T
     steps = -(-a.shape[1] // batch_size)
     for state in states:
         state["step"] += steps
+    return loss, correct
+
+
+def evaluate(W_in: Tensor, W_out: Tensor, a: Tensor, b: Tensor, y: Tensor, activation: str) -> tuple[Tensor, Tensor]:
+    """Mean cross-entropy `(K,)` (float64) and count of right answers `(K,)` of every member on the
+    pairs `a, b, y: (n,)`, without materialising the `(K, n, p)` logits."""
+    loss, correct = torch.ops.modadd.evaluate(W_in, W_out, a, b, y, ACTIVATIONS.index(activation))
     return loss, correct

@@ -38,7 +38,7 @@ class GrokModule(L.LightningModule):
     `fast=True` uses the hand-written backward and the fused AdamW kernel; `fast=False` is
     plain autograd + `torch.optim.AdamW`, the reference the fast path is tested against. On the
     CPU, `fused=True` runs each epoch after the first (which creates AdamW's state) as one call
-    of the C++ kernel in `modadd.fused`, where it builds.
+    of the C++ kernel in `modadd.fused`, where it builds, and validation as another.
     """
 
     def __init__(
@@ -115,8 +115,11 @@ class GrokModule(L.LightningModule):
         self._stop_if_diverged()
 
     def _fused_ready(self, opt: torch.optim.Optimizer) -> bool:
+        return bool(opt.state) and self._fused_cpu()
+
+    def _fused_cpu(self) -> bool:
         hp = self.hparams
-        return hp.fast and hp.fused and self.device.type == "cpu" and bool(opt.state) and fused.available()
+        return hp.fast and hp.fused and self.device.type == "cpu" and fused.available()
 
     def _stop_if_diverged(self) -> None:
         if not math.isfinite(self.epoch_metrics["train/loss"]):
@@ -141,6 +144,10 @@ class GrokModule(L.LightningModule):
     @torch.no_grad()
     def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
         a, b, y = batch
+        if self._fused_cpu():
+            loss, correct = fused.evaluate(self.net.W_in.detach(), self.net.W_out.detach(), a, b, y, self.hparams.activation)
+            self._record("val", loss.float(), correct / len(y))
+            return
         logits = self.net(a, b)  # (K, n, p)
         # cross-entropy along the contiguous last dim: F.cross_entropy wants classes in dim 1,
         # and on the transposed (K, p, n) view it is 3x slower

@@ -77,3 +77,38 @@ def test_without_a_compiler_train_py_falls_back_to_the_torch_path(tmp_path):
     run_script("train.py", *args, f"hydra.run.dir={tmp_path / 'kernel'}")
     for got, expected in zip(load_weights(tmp_path / "fallback"), load_weights(tmp_path / "kernel")):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("members", [1, 3])
+@pytest.mark.parametrize("activation", ["relu", "quadratic", "gelu"])
+def test_validation_equals_the_torch_forward(activation, members, threads):
+    from modadd.module import GrokModule
+
+    module = GrokModule(p=P, hidden=HIDDEN, lr=1e-3, weight_decay=0.5, batch_size=BATCH, seed=5, members=members,
+                        activation=activation)
+    a, b = torch.randint(0, P, (2, 300), generator=torch.Generator().manual_seed(1))  # 300: a partial block of rows
+    batch = (a, b, (a + b) % P)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        module.validation_step(batch, 0)
+    finally:
+        torch.set_num_threads(previous)
+    got, module.epoch_metrics = module.epoch_metrics, {}
+    module.hparams.fused = False  # the torch forward over the whole (K, n, p) logits
+    module.validation_step(batch, 0)
+    assert got.keys() == module.epoch_metrics.keys()
+    for key, value in module.epoch_metrics.items():
+        assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key  # float32 sums of ~3.0
+
+
+def test_validation_counts_ties_as_argmax_does():
+    net = MLPStack.init(P, HIDDEN, [0, 1])
+    with torch.no_grad():
+        net.W_out.zero_()  # every logit equal: argmax is class 0
+    a, b = torch.randint(0, P, (2, 200), generator=torch.Generator().manual_seed(2))
+    y = (a + b) % P
+    loss, correct = fused.evaluate(net.W_in.detach(), net.W_out.detach(), a, b, y, "relu")
+    assert correct.tolist() == [int((y == 0).sum())] * 2
+    torch.testing.assert_close(loss, torch.full((2,), torch.tensor(P, dtype=torch.float64).log().item(), dtype=torch.float64))
