@@ -38,6 +38,7 @@ class EpochLog(Callback):
         self.rows: list[dict] = []  # written
         self.pending: dict[int, dict] = {}  # epoch -> row not yet written
         self.media: dict[int, dict] = {}  # epoch -> W&B media logged with that epoch's row
+        self.finished = -1  # the last epoch whose row is whole
         self.columns: list[str] = []
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -73,8 +74,7 @@ class EpochLog(Callback):
         self.flush(trainer)  # a stop that came after this epoch's on_train_epoch_end
 
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
-        finished = getattr(self, "finished", -1)
-        self.pending = {e: row for e, row in self.pending.items() if e <= finished}  # no half-made row
+        self.pending = {e: row for e, row in self.pending.items() if e <= self.finished}  # no half-made row
         self.flush(trainer)
 
     def flush(self, trainer: L.Trainer) -> None:
@@ -190,10 +190,10 @@ class FitStats(Callback):
         epoch_log = _epoch_log(trainer)
         if not (epoch_log is None or epoch_log.flushes(trainer) or progress or images):
             return  # fitted with the rest of the block, before EpochLog writes its rows
-        fits = self._fit_snapshots(trainer, module, epoch_log).member(-1)  # this epoch's
+        block_fits, block_fc1, block_fc2 = self._fit_snapshots(trainer, module, epoch_log)
         if not (progress or images):
             return
-        fc1, fc2 = self.last_weights
+        fits, fc1, fc2 = block_fits.member(-1), block_fc1[-1], block_fc2[-1]  # this epoch's (K, ...)
         stats, media = {}, {}
         if progress and self.operation != "x2xyy2":
             spectrum = fourier.fourier_norms(fc1, fc2)[..., 1:]
@@ -209,9 +209,11 @@ class FitStats(Callback):
                 media.update(_charts(fc1[0], fc2[0], fits.member(0)))
         self._emit(trainer, module, epoch_log, epoch, stats, media)
 
-    def _fit_snapshots(self, trainer: L.Trainer, module: L.LightningModule, epoch_log: EpochLog | None) -> fourier.NeuronFits:
+    def _fit_snapshots(self, trainer: L.Trainer, module: L.LightningModule,
+                       epoch_log: EpochLog | None) -> tuple[fourier.NeuronFits, Tensor, Tensor]:
         """Fits the weights of every snapshot epoch at once (one batched call, leading dim B) and
-        adds each epoch's statistics to its row and its counts to freq_counts.csv."""
+        adds each epoch's statistics to its row and its counts to freq_counts.csv. Returns the
+        fits and `fc1, fc2: (B, K, ...)` in the addition basis."""
         epochs = [e for e, _, _ in self.snapshots]
         W_in = torch.stack([w for _, w, _ in self.snapshots])  # (B, K, 2p, hidden)
         W_out = torch.stack([w for _, _, w in self.snapshots])
@@ -231,8 +233,7 @@ class FitStats(Callback):
         rows = [[epoch, k, *c] for epoch, per_member in zip(epochs, counts.tolist()) for k, c in enumerate(per_member)]
         csv.writer(self.counts_file, lineterminator="\n").writerows(rows)
         self.counts_file.flush()  # a killed run keeps every fitted epoch's row
-        self.last_weights = fc1[-1], fc2[-1]  # (K, ...): the last epoch's, in the addition basis
-        return fits
+        return fits, fc1, fc2
 
     def _emit(self, trainer: L.Trainer, module: L.LightningModule, epoch_log: EpochLog | None, epoch: int,
               stats: dict[str, float], media: dict | None = None) -> None:
