@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train.py                 # reference config, interleaved rounds
     python benchmarks/bench_train.py --scaling       # + ms/epoch over p, hidden and members
+    python benchmarks/bench_train.py --transformer   # the transformer's epoch and its statistics' cost
 
 modadd is timed as `train.py` runs it (config composed from conf/, Lightning trainer,
 checkpoint every epoch, metrics.csv, W&B offline); the seed's loop is a faithful copy of the
@@ -179,9 +180,9 @@ def fit_stats_cost(times: list[float], epochs: int, epoch_ms: float, run_epochs:
     over a `run_epochs` run: plain epochs (a copy of the weights), block epochs (EpochLog writes
     its rows: the block's weights fitted at once), progress epochs (+ Fourier sparsity,
     restricted / excluded loss, W&B histogram) and figure epochs (+ images to W&B)."""
-    conf = OmegaConf.load(CONF / "callbacks" / "default.yaml")
-    progress, images = conf.fit_stats.progress_every_n_epochs, conf.fit_stats.images_every_n_epochs
-    block = conf.epoch_log.flush_every
+    fit_stats = OmegaConf.load(CONF / "model" / "mlp.yaml").callbacks.fit_stats
+    progress, images = fit_stats.progress_every_n_epochs, fit_stats.images_every_n_epochs
+    block = OmegaConf.load(CONF / "callbacks" / "default.yaml").epoch_log.flush_every
 
     def kind(e: int, n: int) -> str:
         if (e + 1) % images == 0 or e == n - 1:
@@ -210,6 +211,30 @@ def fit_stats_cost(times: list[float], epochs: int, epoch_ms: float, run_epochs:
           f"without the figure epochs {without:.2f} ms ({100 * without / epoch_ms:.1f}%)")
 
 
+def transformer_cost(rounds: int, epochs: int) -> None:
+    """The transformer at experiment=transformer_grokking: ms per epoch with and without its
+    statistics callback (ProgressStats), and the callback's cost per call and per epoch at the
+    preset's schedule and at the default one, interleaved rounds."""
+    preset = ["experiment=transformer_grokking", "logger=csv"]
+    every = {name: OmegaConf.load(CONF / path).callbacks.fit_stats.every_n_epochs
+             for name, path in (("preset", "experiment/transformer_grokking.yaml"), ("default", "model/transformer.yaml"))}
+    times: dict[str, list[float]] = {"with ProgressStats": [], "without": []}
+    HOOK_TIMES.pop("ProgressStats", None)
+    for _ in range(rounds):
+        times["with ProgressStats"] += modadd_run(preset, epochs)[WARMUP:]
+        times["without"] += modadd_run([*preset, "~callbacks.fit_stats"], epochs)[WARMUP:]
+    calls = [1000 * t for t in HOOK_TIMES["ProgressStats"] if t > 1e-3]  # the epochs it measured (the others return at once)
+    bare = statistics.median(times["without"]) * 1000
+    call = statistics.median(calls)
+    print(f"\ntransformer, experiment=transformer_grokking (p=59, d_model 128, d_mlp 512, full batch), {rounds} rounds x "
+          f"{epochs} epochs, torch threads {torch.get_num_threads()}")
+    print("| epoch without ProgressStats | one ProgressStats call | share of an epoch, every N epochs |\n|---|---|---|")
+    shares = ", ".join(f"{100 * call / n / bare:.1f}% (N={n}, {name})" for name, n in every.items())
+    print(f"| {bare:.1f} ms (median) | {call:.1f} ms (median of {len(calls)}) | {shares} |")
+    print(f"with ProgressStats every {every['preset']} epochs, median epoch {1000 * statistics.median(times['with ProgressStats']):.1f} ms, "
+          f"mean {ms(times['with ProgressStats'], 0):.1f} ms; without: mean {ms(times['without'], 0):.1f} ms")
+
+
 def scaling(epochs: int) -> None:
     print("\n| p | hidden | members | ms/epoch | ms/epoch per member |\n|---|---|---|---|---|")
     grid = [(p, h, 1) for p in (31, 61, 113, 227) for h in (64, 256, 1024)] + [(113, 100, k) for k in (1, 2, 4, 8)]
@@ -223,8 +248,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of seed loop / modadd")
     parser.add_argument("--epochs", type=int, default=40, help="epochs per round")
     parser.add_argument("--scaling", action="store_true", help="also time the p x hidden and members grids")
+    parser.add_argument("--transformer", action="store_true", help="only the transformer's epoch and ProgressStats' cost")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
+    if args.transformer:
+        transformer_cost(args.rounds, max(args.epochs, 60))
+        return
     compare(args.rounds, args.epochs, args.device)
     if args.scaling:
         scaling(max(args.epochs // 2, WARMUP + 5))

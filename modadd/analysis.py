@@ -25,12 +25,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from modadd import construct, experiments, fourier, plots  # noqa: E402
+from modadd import fourier, plots  # noqa: E402
+from modadd.mlp import construct, experiments  # noqa: E402
 from modadd.data import labels, operation_pairs, split  # noqa: E402
 from modadd.grokking import grokking_epochs  # noqa: E402
 from modadd.files import write_csv  # noqa: E402
 from modadd.report import Section, Table, write_report  # noqa: E402
-from modadd.runs import Run, RunError, find_jobs, load_run, load_weights  # noqa: E402
+from modadd.runs import Run, RunError, find_jobs, load_run, load_transformer_weights, load_weights  # noqa: E402
+from modadd.transformer.analysis import analyze_transformer  # noqa: E402
+from modadd.transformer.model import TransformerStack  # noqa: E402
+from modadd.transformer.progress import chunks, row_bytes  # noqa: E402
 
 log = logging.getLogger("modadd")
 
@@ -73,7 +77,7 @@ def analyze(path: str | Path, out: str | Path | None = None, settings: Settings 
     results: dict[tuple[Path, int], dict] = {}
     curves: dict[int, list[dict]] = {}
     with _pool(settings.workers) as pool:
-        needed = {(_basis_size(r), _activation(r)) for r, _, _ in units}
+        needed = {(_basis_size(r), _activation(r)) for r, _, _ in units if r.family == "mlp"}
         futures = {pool.submit(random_cosine, n, act, settings): ("cosine", (n, act)) for n, act in needed}
         futures.update({pool.submit(analyze_member, r.path, k, d, settings): ("job", (r.path, k)) for r, k, d in units})
         done = 0
@@ -97,8 +101,9 @@ def analyze(path: str | Path, out: str | Path | None = None, settings: Settings 
     for run, k, unit_dir in units:
         result = results[(run.path, k)]
         if result.get("status") == "analysed":
-            result["random_cosine"] = curves[(_basis_size(run), _activation(run))]
-            if result["random_cosine"]:
+            if run.family == "mlp":
+                result["random_cosine"] = curves[(_basis_size(run), _activation(run))]
+            if result.get("random_cosine"):
                 _save_figure(plots.random_cosine_curve(result["random_cosine"]), unit_dir / "random_cosine.png")
             result["status"] = run.status
             (unit_dir / "analysis.json").write_text(json.dumps(result, indent=2, allow_nan=True))
@@ -117,13 +122,16 @@ def analyze_member(job: Path, member: int, out: Path, settings: Settings) -> dic
     """Everything about one trained network (one member of one job), figures saved to `out`."""
     torch.set_num_threads(1)
     run = load_run(job)
+    if run.family == "transformer":
+        return _analyze_transformer_member(run, member, out)
     fc1_all, fc2_all = load_weights(run)
     fc1, fc2 = fc1_all[member], fc2_all[member]
     if not (torch.isfinite(fc1).all() and torch.isfinite(fc2).all()):
         raise RunError("weights are not finite (diverged)")
     p, hidden = fc2.shape
     operation, activation = run.config.get("operation", "add"), _activation(run)
-    original = _split_accuracies(run, fc1, fc2)  # on the operation's own pairs and labels
+    logits = fourier.all_pairs_logits(fc1, fc2, activation)
+    original = _split_accuracies(run, p, lambda rows: logits[rows].argmax(-1))  # on the operation's own pairs and labels
     fc1, fc2, basis = fourier.addition_basis(fc1, fc2, operation)  # the task is now addition mod n
     out.mkdir(parents=True, exist_ok=True)
     fits = fourier.fit_neurons(fc1, fc2)
@@ -132,7 +140,7 @@ def analyze_member(job: Path, member: int, out: Path, settings: Settings) -> dic
     ablation = experiments.frequency_ablation(fc1, fc2, fits, activation)
     rows = _member_rows(run.metrics, member, (run.members or 1) > 1)
     result = {
-        "job": str(job), "member": member, "p": p, "hidden": hidden, "status": "analysed",
+        "job": str(job), "member": member, "family": "mlp", "p": p, "hidden": hidden, "status": "analysed",
         "operation": operation, "basis": basis, "activation": activation,
         **original,
         "basis_acc": experiments.accuracy_all_pairs(fc1, fc2, activation).item(),
@@ -204,6 +212,32 @@ def analyze_construction(name: str, p: int, out: str | Path, settings: Settings,
     return rows
 
 
+def _analyze_transformer_member(run: Run, member: int, out: Path) -> dict:
+    """One member of a transformer job: `modadd.transformer.analysis` plus the accuracies and curves."""
+    weights = {name: w[member : member + 1] for name, w in load_transformer_weights(run).items()}
+    if not all(torch.isfinite(w).all() for w in weights.values()):
+        raise RunError("weights are not finite (diverged)")
+    net = TransformerStack(weights)
+    p, operation = net.p, run.config.get("operation", "add")
+    rows = _member_rows(run.metrics, member, (run.members or 1) > 1)
+    result, figures = analyze_transformer(net, rows, operation)
+
+    @torch.no_grad()
+    def predict(pair_rows: torch.Tensor) -> torch.Tensor:
+        a, b = pair_rows // p, pair_rows % p
+        return torch.cat([net(a[s], b[s])[0].argmax(-1) for s in chunks(len(pair_rows), row_bytes(net))])
+
+    result = {"job": str(run.path), "member": member, **result, "p": p, **net.shape, "status": "analysed",
+              "operation": operation, **_split_accuracies(run, p, predict), "grokking": grokking_epochs(rows),
+              "epochs": len(rows)}
+    figures["grokking_curves"] = plots.grokking_curves(rows) if rows else None
+    out.mkdir(parents=True, exist_ok=True)
+    for name, fig in figures.items():
+        if fig is not None:
+            _save_figure(fig, out / f"{name}.png")
+    return result
+
+
 def random_cosine(p: int, activation: str, settings: Settings) -> list[dict]:
     """The post's experiment 3 at this p with this activation (once per sweep, p and activation)."""
     torch.set_num_threads(1)
@@ -223,8 +257,12 @@ def summary_rows(runs: list[Run], units: list, results: dict) -> list[dict]:
             res = results.get((run.path, k), {})
             final = _member_rows(run.metrics, k, per_member)[-1:] or [{}]
             replaced_90 = next((r["acc_mean"] for r in res.get("replacement", []) if abs(r["fraction"] - 0.9) < 1e-9), None)
+            keys = res.get("key_frequencies", res.get("fit", {}).get("key_freqs"))
+            ablation = {r["ablation"]: r["acc"] for r in res.get("frequency_ablation", []) if "ablation" in r}
+            phases = res.get("phases", {})
             rows.append({
                 "job": run.path.name + (f"/m{k}" if per_member else ""),
+                "family": run.family,
                 **run.overrides,
                 "status": res.get("status") if res.get("status") == "unreadable" else run.status,
                 "reason": res.get("reason", run.reason),
@@ -240,6 +278,11 @@ def summary_rows(runs: list[Run], units: list, results: dict) -> list[dict]:
                 "r2_mean_out": res.get("fit", {}).get("r2_mean", {}).get("out"),
                 "distinct_freqs": res.get("fit", {}).get("distinct_freqs"),
                 "replacement_acc_0.9": replaced_90,
+                "key_frequencies": " ".join(map(str, keys)) if keys is not None else None,
+                "n_key_frequencies": len(keys) if keys is not None else None,
+                "acc_key_frequencies_only": ablation.get("keep only the key frequencies"),
+                "acc_key_frequencies_removed": ablation.get("remove all key frequencies"),
+                **{f"phase_{name}": phases.get(name) for name in ("memorisation_end", "circuit_formation_end", "cleanup_end")},
             })
     return rows
 
@@ -253,15 +296,14 @@ def _basis_size(run: Run) -> int:
     return run.p - 1 if run.config.get("operation") in ("mul", "div") else run.p
 
 
-def _split_accuracies(run: Run, fc1: torch.Tensor, fc2: torch.Tensor) -> dict:
+def _split_accuracies(run: Run, p: int, predict: Callable[[torch.Tensor], torch.Tensor]) -> dict:
     """Accuracy over all the operation's pairs, and over the run's train / validation split
-    (recomputed from its p, train_fraction and seed)."""
+    (recomputed from its p, train_fraction and seed); `predict(rows)` answers the pairs of
+    rows a*p + b."""
     cfg = run.config
-    p = fc2.shape[0]
     operation = cfg.get("operation", "add")
     a, b = operation_pairs(p, operation)
-    rows = a * p + b  # into all_pairs_logits' rows
-    right = fourier.all_pairs_logits(fc1, fc2, _activation(run))[rows].argmax(-1) == labels(a, b, p, operation)
+    right = predict(a * p + b) == labels(a, b, p, operation)
     full = right.float().mean().item()
     if not all(k in cfg for k in ("train_fraction", "seed")):
         return {"full_acc": full, "train_acc": None, "val_acc": None}
@@ -298,22 +340,64 @@ def _report_sections(rows: list[dict], runs: list[Run], units: list, results: di
     sections = [Section("Summary", text=f"{len(rows)} job(s); {sum(r['analysed'] for r in rows)} analysed.",
                         tables=[Table(columns, [[r.get(c) for c in columns] for r in rows])],
                         figures=_sweep_figures(rows, runs, out) if sweep else [])]
+    if len({r["family"] for r in rows if r["analysed"]}) > 1:
+        sections.append(_side_by_side(rows))
     for run, k, unit_dir in units:
         res = results[(run.path, k)]
         if "reason" in res:
             continue
-        fit = res["fit"]
-        text = (f"p = {res['p']}, hidden = {res['hidden']}, operation {res['operation']} (fits and experiments in the basis: "
-                f"{res['basis']}), status {res['status']}. Accuracy: train {_pct(res['train_acc'])}, "
-                f"validation {_pct(res['val_acc'])}, all pairs {_pct(res['full_acc'])}. "
-                f"{_pct(fit['frac_same_freq'])} of neurons have one frequency for a, b and out; median phase-sum error "
-                f"{fit['phase_sum_error_median']:.3f} rad; {fit['distinct_freqs']} distinct frequencies; "
-                f"mean R² a/b/out {fit['r2_mean']['a']:.3f}/{fit['r2_mean']['b']:.3f}/{fit['r2_mean']['out']:.3f}.")
-        tables = [Table(["fraction replaced", "acc mean", "acc std"], [[r["fraction"], r["acc_mean"], r["acc_std"]] for r in res["replacement"]]),
-                  Table(["random cosine neurons", "acc mean", "acc std"], [[r["neurons"], r["acc_mean"], r["acc_std"]] for r in res["random_cosine"]])]
+        text, tables = _transformer_text(res) if res.get("family") == "transformer" else _mlp_text(res)
         pngs = sorted(unit_dir.glob("*.png"))
         sections.append(Section(_name(run.path, k, run.members or 1), text=text, tables=tables, figures=[(f.stem.replace("_", " "), str(f)) for f in pngs]))
     return sections
+
+
+def _mlp_text(res: dict) -> tuple[str, list[Table]]:
+    fit = res["fit"]
+    text = (f"MLP: p = {res['p']}, hidden = {res['hidden']}, operation {res['operation']} (fits and experiments in the basis: "
+            f"{res['basis']}), status {res['status']}. Accuracy: train {_pct(res['train_acc'])}, "
+            f"validation {_pct(res['val_acc'])}, all pairs {_pct(res['full_acc'])}. "
+            f"{_pct(fit['frac_same_freq'])} of neurons have one frequency for a, b and out; median phase-sum error "
+            f"{fit['phase_sum_error_median']:.3f} rad; {fit['distinct_freqs']} distinct frequencies; "
+            f"mean R² a/b/out {fit['r2_mean']['a']:.3f}/{fit['r2_mean']['b']:.3f}/{fit['r2_mean']['out']:.3f}.")
+    tables = [Table(["fraction replaced", "acc mean", "acc std"], [[r["fraction"], r["acc_mean"], r["acc_std"]] for r in res["replacement"]]),
+              Table(["random cosine neurons", "acc mean", "acc std"], [[r["neurons"], r["acc_mean"], r["acc_std"]] for r in res["random_cosine"]])]
+    return text, tables
+
+
+def _transformer_text(res: dict) -> tuple[str, list[Table]]:
+    phases = res["phases"]
+    attention = res["attention_from_equals"]
+    text = (f"Transformer: p = {res['p']}, d_model = {res['d_model']}, {res['n_heads']} heads of {res['d_head']}, "
+            f"d_mlp = {res['d_mlp']}, operation {res['operation']}, status {res['status']}. Accuracy: train "
+            f"{_pct(res['train_acc'])}, validation {_pct(res['val_acc'])}, all pairs {_pct(res['full_acc'])}. "
+            f"Key frequencies (from the MLP neurons): {', '.join(map(str, res['key_frequencies'])) or 'none'}; "
+            f"{_pct(res['neurons_in_key_frequencies'])} of the neurons have most of their variance in one of them; "
+            f"Gini of the embedding's Fourier norms {res['fourier_gini']:.3f}. Attention from \"=\": "
+            f"{_pct(attention['a'])} to a, {_pct(attention['b'])} to b. Phases (README): memorisation ends at epoch "
+            f"{phases['memorisation_end']}, circuit formation at {phases['circuit_formation_end']}, cleanup at "
+            f"{phases['cleanup_end']}; the restricted loss fell below 1 at epoch {phases['restricted_loss_below_1']}, "
+            f"the validation loss at {phases['val_loss_below_1']}.")
+    tables = [Table(["key frequency", "neurons", "mean share of variance"],
+                    [[c["freq"], c["neurons"], c["explained_mean"]] for c in res["neuron_clusters"]])]
+    if "frequency_ablation" in res:
+        tables.append(Table(["ablation of the logits", "acc", "loss"], [[r["ablation"], r["acc"], r["loss"]] for r in res["frequency_ablation"]]))
+    return text, tables
+
+
+def _side_by_side(rows: list[dict]) -> Section:
+    """The post's question for a sweep that holds both families: the same algorithm?"""
+    columns = ["job", "family", "key_frequencies", "n_key_frequencies", "frac_same_freq", "phase_sum_error_median",
+               "acc_key_frequencies_only", "acc_key_frequencies_removed", "grokking_train_epoch", "grokking_val_epoch",
+               "val/acc"]
+    analysed = sorted((r for r in rows if r["analysed"]), key=lambda r: (r["family"], r["job"]))
+    text = ("Both families learn modular addition with a few frequencies. For the MLP, the key frequencies are "
+            "those of at least 5% of its neurons' cosine fits, and its algorithm shows as the phase-sum rule "
+            "(each neuron's output phase is the sum of its input phases: small median error). For the transformer "
+            "they are the frequencies its MLP neurons use (Nanda et al.'s criterion), and its algorithm (rotations "
+            "by the key frequencies, read out as cos(w(a+b-c))) shows in the logits: keeping only the key "
+            "frequencies' components gives the accuracy, removing them destroys it.")
+    return Section("MLP versus transformer", text=text, tables=[Table(columns, [[r.get(c) for c in columns] for r in analysed])])
 
 
 def _sweep_figures(rows: list[dict], runs: list[Run], out: Path) -> list[tuple[str, str]]:

@@ -287,6 +287,31 @@ class FitStats(Callback):
                 lg.log_table("fit/neuron_table", columns=columns, data=rows)
 
 
+class ProgressStats(Callback):
+    """Every `every_n_epochs` (and at the last epoch) a family's progress measures, under `fit/`
+    in the epoch's row: `module.progress_measures()` gives `{name: (K,)}` (mean, std and
+    per-member values with K members, as for the losses). The transformer's statistics callback;
+    the MLP's is `FitStats`."""
+
+    def __init__(self, every_n_epochs: int = 100):
+        self.every = every_n_epochs
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        if not (epoch % self.every == 0 or epoch + 1 == trainer.max_epochs or trainer.should_stop):
+            return
+        measures = module.progress_measures()
+        values = torch.stack([v.double() for v in measures.values()], dim=1).tolist()  # (K, measures): one sync
+        row = {}
+        for j, name in enumerate(measures):
+            row.update(member_metrics(f"fit/{name}", [member[j] for member in values]))
+        epoch_log = _epoch_log(trainer)
+        if epoch_log is not None:
+            epoch_log.add(epoch, row)
+        else:
+            module.epoch_metrics.update(row)
+
+
 def _epoch_log(trainer: L.Trainer) -> EpochLog | None:
     return next((c for c in trainer.callbacks if isinstance(c, EpochLog)), None)
 

@@ -13,10 +13,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from modadd.family import FAMILIES, family_of, foreign_knobs, not_applicable
+
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
-ACTIVATIONS = ("relu", "quadratic", "gelu")  # the hidden activations modadd.model implements
+ACTIVATIONS = ("relu", "quadratic", "gelu")  # the hidden activations modadd.mlp.model implements
 
 
 class ConfigError(ValueError):
@@ -37,7 +39,7 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "hidden": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
     "lr": (lambda v: _num(v) and v > 0, "a number > 0"),
     "weight_decay": (lambda v: _num(v) and v >= 0, "a number >= 0"),
-    "batch_size": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "batch_size": (lambda v: v is None or _int(v) and v >= 1, "null (full batch) or an integer >= 1"),
     "epochs": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
     "train_fraction": (lambda v: _num(v) and 0 < v < 1, "a number in (0, 1)"),
     "seed": (lambda v: _int(v) and 0 <= v < 2**32, "an integer in [0, 2**32)"),
@@ -48,6 +50,10 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "threads": (lambda v: v is None or _int(v) and v >= 1, "null or an integer >= 1"),
     "operation": (lambda v: v in ("add", "sub", "mul", "div", "x2xyy2"), "one of add, sub, mul, div, x2xyy2"),
     "activation": (lambda v: v in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}"),
+    "d_model": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "n_heads": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "d_head": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "d_mlp": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
 }
 
 
@@ -57,6 +63,12 @@ def validate(cfg: DictConfig, check_init: bool = True) -> None:
     `check_init=False` skips reading the `init` weights: a resumed job starts from its
     checkpoint, so the file it was first started from may be gone.
     """
+    family = family_of(cfg)
+    if family not in FAMILIES:
+        raise ConfigError(f"model.family={family!r} is invalid: model must be one of {', '.join(FAMILIES)}")
+    for knob in foreign_knobs(family):
+        if knob in cfg:  # set by a preset, or forced with +knob=...
+            raise ConfigError(not_applicable(knob, family))
     for field, (ok, allowed) in RULES.items():
         if field not in cfg:
             continue
@@ -143,6 +155,7 @@ def preflight(argv: list[str], resuming: bool = False) -> None:
     jobs = BasicSweeper.split_arguments(task, None)[0] if multirun else [[o.input_line for o in task]]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         for job in jobs:
+            _check_family_knobs(job, multirun)
             try:
                 cfg = compose("config", overrides=job)
             except HydraException as err:
@@ -152,6 +165,18 @@ def preflight(argv: list[str], resuming: bool = False) -> None:
             except ConfigError as err:
                 where = f" (in job {','.join(job)})" if multirun else ""
                 raise ConfigError(f"{err}{where}") from None
+
+
+def _check_family_knobs(job: list[str], multirun: bool) -> None:
+    """A knob of another family (`hidden=64` with `model=transformer`) gets the family's own
+    message, not Hydra's "not in struct"."""
+    settings = dict(arg.lstrip("+~").split("=", 1) for arg in job if "=" in arg)
+    family = settings.get("model", "mlp")
+    foreign = foreign_knobs(family) if family in FAMILIES else {}
+    for key in settings:
+        if key in foreign:
+            where = f" (in job {','.join(job)})" if multirun else ""
+            raise ConfigError(not_applicable(key, family) + where)
 
 
 def apply_resume(argv: list[str]) -> list[str]:

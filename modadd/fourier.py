@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from modadd.model import activate
+from modadd.mlp.model import activate
 
 
 def wrap_phase(x: Tensor) -> Tensor:
@@ -294,44 +294,68 @@ def restricted_excluded_loss(logits: Tensor, key_freqs: Tensor) -> tuple[Tensor,
     `logits: (..., p*p, p)` as from `all_pairs_logits`; `key_freqs`: distinct k in 1..p//2.
     Restricted keeps only the logits' components along cos(w_k(a+b-c)) and sin(w_k(a+b-c)),
     w_k = 2*pi*k/p, for the key k (the orthogonal projection over the full (a, b, c) grid);
-    excluded is the logits minus those components. Labels are (a+b) mod p.
-
-    The directions depend on d = (a+b-c) mod p only, so <L, u> = sum_d N[d] u(d) with N[d] the
-    sum of L over the class d: N comes from two index_adds (over pairs with equal (a+b) mod p,
-    then over d) and all inner products from one rfft of N. The directions are orthogonal with
-    squared norm p^3/2 (p^3 for cos at k = p/2, even p). The restricted logits depend on the
-    pair only through s = (a+b) mod p, which is also the label, so their loss is computed on
-    the p x p table. The constant (k = 0) is never included: cross-entropy is invariant to
-    adding a constant per (a, b) row, so a mean term would not change either loss.
+    excluded is the logits minus those components. Labels are (a+b) mod p. The parts
+    (`sum_by_label`, `restricted_logits`, `restricted_loss`, `excluded_logits`) also serve a
+    computation over the pairs in chunks.
     """
     p = logits.shape[-1]
     if logits.shape[-2] != p * p:
         raise ValueError(f"logits {tuple(logits.shape)} must be (..., p*p, p)")
-    keys = key_freqs.to(device=logits.device, dtype=torch.long)
+    labels = sum_labels(p, logits.device)
+    table = restricted_logits(sum_by_label(logits, labels), key_freqs)
+    logp = F.log_softmax(excluded_logits(logits, table, labels), dim=-1)
+    excluded_loss = -logp.gather(-1, labels[:, None].expand(*logits.shape[:-1], 1)).mean(dim=(-2, -1))
+    return restricted_loss(table), excluded_loss
+
+
+def sum_labels(p: int, device: torch.device | None = None) -> Tensor:
+    """`(p*p,)` the label s = (a+b) mod p of row a*p + b."""
+    x = torch.arange(p, device=device)
+    return ((x[:, None] + x[None, :]) % p).flatten()
+
+
+def sum_by_label(logits: Tensor, labels: Tensor) -> Tensor:
+    """`(..., p, p)`: the logits `(..., n, p)` of rows whose label s = (a+b) mod p is the same,
+    summed (rows s, columns c). Sums of chunks of the pairs add up to the sum over all of them."""
+    p = logits.shape[-1]
+    return logits.new_zeros(*logits.shape[:-2], p, p).index_add_(-2, labels, logits)
+
+
+def restricted_logits(by_sum: Tensor, key_freqs: Tensor) -> Tensor:
+    """The restricted logits `(..., s, c)` from `sum_by_label` over all p*p pairs: the pair's
+    logits along the key frequencies' directions depend on it only through s = (a+b) mod p.
+
+    The directions depend on d = (s-c) mod p only, so <L, u> = sum_d N[d] u(d) with N[d] the
+    sum of L over the class d, and all inner products come from one rfft of N. The directions
+    are orthogonal with squared norm p^3/2 (p^3 for cos at k = p/2, even p). The constant
+    (k = 0) is never included: cross-entropy is invariant to adding a constant per (a, b) row,
+    so a mean term would not change either loss.
+    """
+    p = by_sum.shape[-1]
+    keys = key_freqs.to(device=by_sum.device, dtype=torch.long)
     out_of_range = ((keys < 1) | (keys > p // 2)).any()
     if keys.dim() != 1 or out_of_range or keys.unique().numel() != keys.numel():
         raise ValueError(f"key_freqs must be distinct frequencies in 1..{p // 2}, got {key_freqs}")
-
-    x = torch.arange(p, device=logits.device)
-    labels = ((x[:, None] + x[None, :]) % p).flatten()  # (p*p,) s = (a+b) mod p of row a*p + b
+    x = torch.arange(p, device=by_sum.device)
     diff = (x[:, None] - x[None, :]) % p  # (p, p): d = (s - c) mod p
-    batch = logits.shape[:-2]
-    by_sum = logits.new_zeros(*batch, p, p).index_add_(-2, labels, logits)  # (..., s, c)
-    N = logits.new_zeros(*batch, p).index_add_(-1, diff.flatten(), by_sum.flatten(-2))
+    N = by_sum.new_zeros(*by_sum.shape[:-2], p).index_add_(-1, diff.flatten(), by_sum.flatten(-2))
     C = torch.fft.rfft(N, dim=-1)[..., keys]  # (..., K): sum_d N[d] exp(-i w_k d)
     inv_norm = (2 - (2 * keys == p).to(N.dtype)) / p**3
     angle = (2 * math.pi / p) * ((keys[:, None] * x) % p).to(N.dtype)  # (K, p)
     # component along cos + along sin = Re(C_k exp(i w_k d)) / |u|^2
     r = (C.real * inv_norm) @ torch.cos(angle) - (C.imag * inv_norm) @ torch.sin(angle)  # (..., d)
-    restricted = r[..., diff]  # (..., s, c); each s is the label of exactly p pairs
-    restricted_loss = -F.log_softmax(restricted, dim=-1).diagonal(dim1=-2, dim2=-1).mean(dim=-1)
-    # row a*p + b needs restricted[(a+b) mod p]: for each a, rows a..a+p-1 of the doubled table
-    doubled = torch.cat([restricted, restricted], dim=-2)  # (..., 2p, c)
-    windows = doubled.unfold(-2, p, 1)[..., :p, :, :]  # (..., a, c, b)
-    excluded = (logits.unflatten(-2, (p, p)) - windows.transpose(-1, -2)).flatten(-3, -2)
-    logp = F.log_softmax(excluded, dim=-1)
-    excluded_loss = -logp.gather(-1, labels[:, None].expand(*batch, p * p, 1)).mean(dim=(-2, -1))
-    return restricted_loss, excluded_loss
+    return r[..., diff]
+
+
+def restricted_loss(table: Tensor) -> Tensor:
+    """Mean cross-entropy `(...)` of the restricted logits over all pairs: each s is the label of
+    exactly p pairs, so it is the mean over the table's rows."""
+    return -F.log_softmax(table, dim=-1).diagonal(dim1=-2, dim2=-1).mean(dim=-1)
+
+
+def excluded_logits(logits: Tensor, table: Tensor, labels: Tensor) -> Tensor:
+    """The logits `(..., n, p)` of pairs with labels s `(n,)` less their key-frequency components."""
+    return logits - table[..., labels, :]
 
 
 def primitive_root(p: int) -> int:

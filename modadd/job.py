@@ -73,7 +73,7 @@ def build(cfg: DictConfig, resuming: bool = False) -> tuple[L.Trainer, GrokModul
     for logger in loggers:
         logger.log_hyperparams(config)
     data: L.LightningDataModule = instantiate(cfg.data)
-    module: GrokModule = instantiate(cfg.model, **({"init": None} if resuming else {}))
+    module: GrokModule = instantiate(cfg.model, **({"init": None} if resuming and "init" in cfg.model else {}))
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
     callbacks.sort(key=callback_rank)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
@@ -128,13 +128,14 @@ def _finished(out: Path, epochs: int) -> dict | None:
 
 
 def _save_models(module: GrokModule, out: Path) -> None:
-    """Each member's final weights in the seed's state_dict layout (`fc1.weight`, `fc2.weight`)."""
+    """Each member's final weights in its family's documented layout: the seed's state_dict
+    (`fc1.weight`, `fc2.weight`) for the MLP, a `HookedTransformer` state dict for the transformer."""
     net = module.net
     if net.members == 1:
-        torch.save(net.member(0).state_dict(), out / "model.pt")
+        torch.save(net.member_state_dict(0), out / "model.pt")
     else:
         for k in range(net.members):
-            torch.save(net.member(k).state_dict(), out / f"model_m{k}.pt")
+            torch.save(net.member_state_dict(k), out / f"model_m{k}.pt")
 
 
 def _write_summary(out: Path, summary: dict) -> None:

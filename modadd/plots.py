@@ -25,7 +25,7 @@ from matplotlib.ticker import MaxNLocator, NullLocator, PercentFormatter
 
 from modadd.fourier import NeuronFits, clean_neurons, fit_neurons
 from modadd.grokking import grokking_epochs
-from modadd.model import activate
+from modadd.mlp.model import activate
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence[float]
 

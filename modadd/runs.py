@@ -19,7 +19,7 @@ import math
 import time
 import zipfile
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,9 +30,10 @@ from omegaconf.base import ContainerMetadata, Metadata
 from omegaconf.nodes import AnyNode
 from torch import Tensor
 
+from modadd.family import family_of
 from modadd.files import read_metrics
 
-# What a Lightning checkpoint of GrokModule pickles besides tensors: its hyper_parameters hold
+# What a Lightning checkpoint of a GrokModule pickles besides tensors: its hyper_parameters hold
 # the OmegaConf containers Hydra instantiated it with (betas is a ListConfig). Allowlisting them
 # keeps `torch.load(weights_only=True)` (no arbitrary code from a file) working on our ckpts.
 _SAFE_GLOBALS = [ListConfig, DictConfig, AnyNode, Metadata, ContainerMetadata, Any, defaultdict, dict, list, int]
@@ -69,6 +70,10 @@ class Run:
     @property
     def p(self) -> int | None:
         return self.config.get("p")
+
+    @property
+    def family(self) -> str:
+        return family_of(self.config)
 
     @property
     def hidden(self) -> int | None:
@@ -110,18 +115,30 @@ def load_run(path: str | Path, running_window: float = 120.0) -> Run:
 
 
 def load_weights(run_or_path: Run | str | Path) -> tuple[Tensor, Tensor]:
-    """Seed-layout stacked weights `fc1: (K, hidden, 2p)`, `fc2: (K, p, hidden)` on the CPU.
+    """The MLP's seed-layout stacked weights `fc1: (K, hidden, 2p)`, `fc2: (K, p, hidden)` on the CPU.
 
     For a job: model.pt / model_m{k}.pt (the final weights) when all are there and readable,
     else checkpoints/last.ckpt (the last finished epoch: a killed or running job). A `.ckpt` or
     `.pt` path is read directly. Raises `RunError` if no usable weights are found.
     """
+    fc1, fc2 = _load_members(run_or_path, _seed_weights)
+    return fc1, fc2
+
+
+def load_transformer_weights(run_or_path: Run | str | Path) -> dict[str, Tensor]:
+    """The transformer's weights stacked over members, `{name: (K, ...)}` with the names of
+    `modadd.transformer.model.NAMES` (TransformerLens's), from the files `load_weights` reads."""
+    return _load_members(run_or_path, _transformer_weights)
+
+
+def _load_members(run_or_path: Run | str | Path, parse: Callable[[Any, Path], Any]) -> Any:
+    """Every member's weights, parsed by `parse(obj, path)` and stacked (see `load_weights`)."""
     if isinstance(run_or_path, Run):
         path, members = run_or_path.path, run_or_path.members
     else:
         path, members = Path(run_or_path), None
     if path.is_file():
-        return _seed_weights(_torch_load(path), path)
+        return parse(_torch_load(path), path)
     if not path.is_dir():
         raise RunError(f"{path}: no such file or directory")
     if members is None:
@@ -130,7 +147,7 @@ def load_weights(run_or_path: Run | str | Path) -> tuple[Tensor, Tensor]:
     files = _final_files(path, members)
     if files:
         try:
-            return _stack([_seed_weights(_torch_load(f), f) for f in files])
+            return _stack([parse(_torch_load(f), f) for f in files])
         except RunError as err:
             errors.append(str(err))
     else:
@@ -138,7 +155,7 @@ def load_weights(run_or_path: Run | str | Path) -> tuple[Tensor, Tensor]:
     ckpt = path / "checkpoints" / "last.ckpt"
     if ckpt.is_file():
         try:
-            return _seed_weights(_torch_load(ckpt), ckpt)
+            return parse(_torch_load(ckpt), ckpt)
         except RunError as err:
             errors.append(str(err))
     else:
@@ -158,7 +175,7 @@ def _status(run: Run, read_error: str, window: float) -> tuple[str, str]:
     if run.summary.get("status") == "failed":
         return "failed", "failed: " + _one_line(run.summary.get("error") or "no error recorded")
     try:
-        load_weights(run)
+        (load_transformer_weights if run.family == "transformer" else load_weights)(run)
     except RunError as err:
         return "unreadable", str(err)
     if not run.summary:
@@ -194,13 +211,23 @@ def _load_file_run(path: Path) -> Run:
     overrides = _read_overrides(job) if job else {}
     try:
         obj = _torch_load(path)
-        fc1, fc2 = _seed_weights(obj, path)
+        if _is_transformer(obj):
+            W_U = _transformer_weights(obj, path)["W_U"]
+            shape = {"p": W_U.shape[-1], "members": W_U.shape[0], "model": {"family": "transformer"}}
+        else:
+            fc1, fc2 = _seed_weights(obj, path)
+            shape = {"p": fc2.shape[1], "hidden": fc1.shape[1], "members": fc1.shape[0]}
     except RunError as err:
         return Run(path, config or {}, overrides, [], {}, "unreadable", f"no usable weights: {err}")
     if config is None:
         config = _plain(obj.get("hyper_parameters", {}))
-    config = {**config, "p": fc2.shape[1], "hidden": fc1.shape[1], "members": fc1.shape[0]}
-    return Run(path, config, overrides, [], {}, "ok", "")
+    return Run(path, {**config, **shape}, overrides, [], {}, "ok", "")
+
+
+def _is_transformer(obj: Any) -> bool:
+    """Whether a loaded weights file holds a transformer (its embedding is there, by either name)."""
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else {}
+    return isinstance(state, dict) and ("net.W_E" in state or "embed.W_E" in state)
 
 
 def _read_config(job: Path) -> tuple[dict | None, str]:
@@ -291,11 +318,37 @@ def _seed_weights(obj: Any, path: Path) -> tuple[Tensor, Tensor]:
     return fc1.contiguous(), fc2.contiguous()
 
 
-def _stack(weights: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-    shapes = {(fc1.shape, fc2.shape) for fc1, fc2 in weights}
+def _stack(weights: list[tuple[Tensor, ...]] | list[dict[str, Tensor]]) -> tuple[Tensor, ...] | dict[str, Tensor]:
+    """Members' weights (each stacked over its own members) concatenated along the member dim."""
+    parts = [w.values() if isinstance(w, dict) else w for w in weights]
+    shapes = {tuple(tuple(x.shape) for x in part) for part in parts}
     if len(shapes) > 1:
         raise RunError(f"members have different shapes: {sorted(map(str, shapes))}")
-    return torch.cat([fc1 for fc1, _ in weights]), torch.cat([fc2 for _, fc2 in weights])
+    stacked = [torch.cat(tensors) for tensors in zip(*parts)]
+    return dict(zip(weights[0], stacked)) if isinstance(weights[0], dict) else tuple(stacked)
+
+
+def _transformer_weights(obj: Any, path: Path) -> dict[str, Tensor]:
+    """`{name: (K, ...)}` from a Lightning ckpt (`net.W_E`, ...: stacked) or a HookedTransformer
+    state dict (`embed.W_E`, ...: one member), with the shapes checked."""
+    from modadd.transformer.model import NAMES, TL_KEYS
+
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    keys = state.keys() if isinstance(state, dict) else set()
+    if {f"net.{n}" for n in NAMES} <= keys:
+        weights = {n: state[f"net.{n}"] for n in NAMES}
+    elif set(TL_KEYS.values()) <= keys:
+        weights = {n: state[TL_KEYS[n]][None] for n in NAMES}
+    else:
+        raise RunError(f"{path}: neither a modadd transformer checkpoint (net.W_E, ...) nor a HookedTransformer state dict (embed.W_E, ...)")
+    if not all(isinstance(w, Tensor) for w in weights.values()):
+        raise RunError(f"{path}: weights are not tensors")
+    K, vocab, d_model = weights["W_E"].shape if weights["W_E"].dim() == 3 else (0, 0, 0)
+    p = weights["W_U"].shape[-1]
+    if vocab != p + 1 or weights["W_U"].shape != (K, d_model, p) or weights["W_pos"].shape != (K, 3, d_model):
+        raise RunError(f"{path}: W_E {tuple(weights['W_E'].shape)}, W_pos {tuple(weights['W_pos'].shape)} and "
+                       f"W_U {tuple(weights['W_U'].shape)} are not (K, p+1, d_model), (K, 3, d_model), (K, d_model, p)")
+    return {n: w.float().contiguous() for n, w in weights.items()}
 
 
 def _plain(value: Any) -> Any:

@@ -10,9 +10,9 @@ import shutil
 import pytest
 import torch
 
-from modadd.construct import cosine_network
-from modadd.experiments import accuracy_all_pairs
-from modadd.model import MLP
+from modadd.mlp.construct import cosine_network
+from modadd.mlp.experiments import accuracy_all_pairs
+from modadd.mlp.model import MLP
 
 from conftest import needs_chromium, rendered_dom, run_script
 

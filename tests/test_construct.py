@@ -1,4 +1,4 @@
-"""Hand-built networks (modadd.construct): checked against the formulas they implement, by
+"""Hand-built networks (modadd.mlp.construct): checked against the formulas they implement, by
 exhaustive accuracy over all p*p pairs, and through analyze.py --construct and train.py init=."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import Tensor
 
-from modadd.construct import CONSTRUCTIONS, gromov_network, random_cosine_network, to_mlp
+from modadd.mlp.construct import CONSTRUCTIONS, gromov_network, random_cosine_network, to_mlp
 from modadd.data import all_pairs, one_hot
-from modadd.experiments import accuracy_all_pairs, construction_curve
+from modadd.mlp.experiments import accuracy_all_pairs, construction_curve
 from modadd.fourier import all_pairs_logits, fit_neurons, wrap_phase
 
 from conftest import run_script

@@ -6,7 +6,7 @@ import pytest
 from modadd.callbacks import EpochLog, FitStats, LastCheckpoint
 from modadd.data import ModAddData
 from modadd.files import read_csv, read_metrics
-from modadd.module import GrokModule
+from modadd.mlp.module import MLPModule
 
 P = 11
 
@@ -33,7 +33,7 @@ def train(out, epochs: int, flush_every: int, *first: L.Callback, last: tuple[L.
     callbacks = [*first, FitStats(out, progress_every_n_epochs=4), EpochLog(out / "metrics.csv", flush_every=flush_every), *last]
     trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, callbacks=callbacks,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    module = GrokModule(p=P, hidden=16, lr=1e-2, weight_decay=0.5, batch_size=32, seed=3)
+    module = MLPModule(p=P, hidden=16, lr=1e-2, weight_decay=0.5, batch_size=32, seed=3)
     trainer.fit(module, datamodule=ModAddData(P, 0.6, seed=3))
 
 

@@ -6,14 +6,14 @@ import torch
 import torch.nn.functional as F
 
 from modadd.data import ModAddData, one_hot
-from modadd.model import MLP
-from modadd.module import GrokModule
+from modadd.mlp.model import MLP
+from modadd.mlp.module import MLPModule
 
 P, HIDDEN, BATCH, EPOCHS = 17, 24, 32, 3
 HP = dict(p=P, hidden=HIDDEN, lr=3e-3, weight_decay=0.5, batch_size=BATCH, seed=7)
 
 
-def reference_loop(module: GrokModule, data: ModAddData, member: int, activation: str = "relu") -> MLP:
+def reference_loop(module: MLPModule, data: ModAddData, member: int, activation: str = "relu") -> MLP:
     """The seed's loop: one-hot matmul, autograd, torch.optim.AdamW, one update per minibatch,
     fed the same batch order the module drew."""
     torch.manual_seed(HP["seed"] + member)
@@ -38,7 +38,7 @@ def reference_loop(module: GrokModule, data: ModAddData, member: int, activation
 def test_training_matches_plain_reference_loop(fast, fused, members, activation):
     """fast + fused: the C++ epoch (epochs 1 on); fast: hand-written backward; neither: autograd."""
     data = ModAddData(P, 0.6, seed=HP["seed"])
-    module = GrokModule(**HP, members=members, fast=fast, fused=fused, activation=activation)
+    module = MLPModule(**HP, members=members, fast=fast, fused=fused, activation=activation)
     trainer = L.Trainer(
         max_epochs=EPOCHS, accelerator="cpu", logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
@@ -53,7 +53,7 @@ def test_training_matches_plain_reference_loop(fast, fused, members, activation)
 
 
 def test_members_draw_their_own_batch_order():
-    module = GrokModule(**HP, members=2)
+    module = MLPModule(**HP, members=2)
     order = module.epoch_order(100, epoch=0)
     assert not torch.equal(order[0], order[1])
     assert torch.equal(order, module.epoch_order(100, epoch=0))

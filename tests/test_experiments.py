@@ -1,4 +1,4 @@
-"""Tests of modadd.experiments against direct computations (one-hot forwards, explicit cosines)."""
+"""Tests of modadd.mlp.experiments against direct computations (one-hot forwards, explicit cosines)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from modadd.data import all_pairs, labels, one_hot
-from modadd.construct import cosine_network, random_cosine_network
-from modadd.experiments import (
+from modadd.mlp.construct import cosine_network, random_cosine_network
+from modadd.mlp.experiments import (
     accuracy_all_pairs,
     construction_curve,
     frequency_ablation,
@@ -18,7 +18,7 @@ from modadd.experiments import (
     replacement_curve,
 )
 from modadd.fourier import fit_neurons, wrap_phase
-from modadd.model import MLP
+from modadd.mlp.model import MLP
 
 DT = torch.float64
 

@@ -1,4 +1,4 @@
-"""The fused CPU epoch (modadd/fused.cpp) against the torch fast path it replaces on the CPU."""
+"""The fused CPU epoch (modadd/mlp/fused.cpp) against the torch fast path it replaces on the CPU."""
 
 import copy
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from conftest import run_script
-from modadd import fused
-from modadd.model import MLPStack
-from modadd.module import fused_adamw_step
+from modadd.mlp import fused
+from modadd.mlp.model import MLPStack
+from modadd.mlp.module import fused_adamw_step
 from modadd.runs import load_weights
 
 P, HIDDEN, BATCH, N = 23, 40, 32, 150  # 150 rows: the epoch's last minibatch is partial
@@ -83,9 +83,9 @@ def test_without_a_compiler_train_py_falls_back_to_the_torch_path(tmp_path):
 @pytest.mark.parametrize("members", [1, 3])
 @pytest.mark.parametrize("activation", ["relu", "quadratic", "gelu"])
 def test_validation_equals_the_torch_forward(activation, members, threads):
-    from modadd.module import GrokModule
+    from modadd.mlp.module import MLPModule
 
-    module = GrokModule(p=P, hidden=HIDDEN, lr=1e-3, weight_decay=0.5, batch_size=BATCH, seed=5, members=members,
+    module = MLPModule(p=P, hidden=HIDDEN, lr=1e-3, weight_decay=0.5, batch_size=BATCH, seed=5, members=members,
                         activation=activation)
     a, b = torch.randint(0, P, (2, 300), generator=torch.Generator().manual_seed(1))  # 300: a partial block of rows
     batch = (a, b, (a + b) % P)

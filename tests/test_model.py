@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from modadd.data import all_pairs, labels, one_hot
-from modadd.model import ACTIVATIONS, MLP, MLPStack, activate
+from modadd.mlp.model import ACTIVATIONS, MLP, MLPStack, activate
 
 
 def test_state_dict_is_the_seeds_layout():

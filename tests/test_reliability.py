@@ -17,7 +17,7 @@ BAD = [
     ("train_fraction=0", "train_fraction must be a number in (0, 1)"),
     ("lr=0", "lr must be a number > 0"),
     ("weight_decay=-0.1", "weight_decay must be a number >= 0"),
-    ("batch_size=0", "batch_size must be an integer >= 1"),
+    ("batch_size=0", "batch_size must be null (full batch) or an integer >= 1"),
     ("epochs=0", "epochs must be an integer >= 1"),
     ("hidden=abc", "hidden must be an integer >= 1"),
     ("lr=fast", "lr must be a number > 0"),

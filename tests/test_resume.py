@@ -13,17 +13,21 @@ from conftest import ROOT, run_script
 
 pytestmark = pytest.mark.slow
 CONFIG = ["p=23", "hidden=32", "epochs=300", "logger=csv", "progress_every=1000"]
+TRANSFORMER = ["model=transformer", "p=23", "d_model=32", "d_mlp=64", "epochs=300", "logger=csv", "progress_every=1000",
+               "callbacks.fit_stats.every_n_epochs=7"]
 
 
 def _rows(path):
     return path.read_text().splitlines() if path.exists() else []
 
 
-def test_killed_run_resumes_bit_identical(tmp_out):
+@pytest.mark.parametrize("config, files", [(CONFIG, ("metrics.csv", "freq_counts.csv", "neurons.csv")),
+                                           (TRANSFORMER, ("metrics.csv",))], ids=["mlp", "transformer"])
+def test_killed_run_resumes_bit_identical(tmp_out, config, files):
     whole, killed = tmp_out / "whole", tmp_out / "killed"
-    run_script("train.py", *CONFIG, f"hydra.run.dir={whole}")
+    run_script("train.py", *config, f"hydra.run.dir={whole}")
 
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *CONFIG, f"hydra.run.dir={killed}"],
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *config, f"hydra.run.dir={killed}"],
                             cwd=ROOT, env={**os.environ, "WANDB_MODE": "offline"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -36,14 +40,14 @@ def test_killed_run_resumes_bit_identical(tmp_out):
     assert not (killed / "summary.json").exists()
 
     assert (killed / "checkpoints" / "last.ckpt").exists()
-    run_script("train.py", *CONFIG, f"resume={killed}")
+    run_script("train.py", *config, f"resume={killed}")
     assert "resuming from" in (killed / "train.log").read_text()
-    for name in ("metrics.csv", "freq_counts.csv", "neurons.csv"):  # no epoch missing or twice, same bytes
+    for name in files:  # no epoch missing or twice, same bytes
         assert (killed / name).read_bytes() == (whole / name).read_bytes(), name
     a, b = torch.load(whole / "model.pt"), torch.load(killed / "model.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
-    again = run_script("train.py", *CONFIG, f"resume={killed}")  # a finished job is not run again
+    again = run_script("train.py", *config, f"resume={killed}")  # a finished job is not run again
     assert "already finished" in again.stdout + again.stderr
 
 

@@ -9,7 +9,7 @@ import torch
 from modadd import fourier
 from modadd.files import read_metrics
 from modadd.data import all_pairs, labels, one_hot, split
-from modadd.model import MLP
+from modadd.mlp.model import MLP
 
 from conftest import FAST_GROK, run_script, wandb_inspect
 

@@ -7,7 +7,7 @@ c = a + b. Experiment 2 (`replacement_curve`) swaps trained neurons for their co
 experiment 3 (`construction_curve("cosine", ...)`) builds networks from random cosine neurons
 alone (`"gromov"`: Gromov's analytic solution for x^2), and
 `frequency_ablation` removes the neurons of one frequency at a time. The networks themselves
-are built in `modadd.construct`; every experiment takes the hidden `activation` by name.
+are built in `modadd.mlp.construct`; every experiment takes the hidden `activation` by name.
 
 Weight layout (the seed's), leading dims `...` allowed everywhere: `fc1: (..., hidden, 2p)`,
 `fc2: (..., p, hidden)`. Phases follow `modadd.fourier`'s convention (the fitted cosine
@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor
 
-from modadd.construct import CONSTRUCTIONS
+from modadd.mlp.construct import CONSTRUCTIONS
 from modadd.fourier import NeuronFits, all_pairs_logits, fit_neurons
 
 FRACTIONS = tuple(i / 10 for i in range(11))

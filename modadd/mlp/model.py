@@ -68,6 +68,8 @@ class MLP(nn.Module):
 class MLPStack(nn.Module):
     """K independent MLPs as `W_in: (K, 2p, hidden)` and `W_out: (K, hidden, p)`."""
 
+    loss_dtype = torch.float32
+
     def __init__(self, W_in: Tensor, W_out: Tensor, activation: str = "relu"):
         super().__init__()
         self.p = W_out.shape[-1]
@@ -103,6 +105,10 @@ class MLPStack(nn.Module):
             mlp.fc1.weight.copy_(self.W_in[k].T)
             mlp.fc2.weight.copy_(self.W_out[k].T)
         return mlp
+
+    def member_state_dict(self, k: int) -> dict[str, Tensor]:
+        """Member k in the seed's state_dict layout (`fc1.weight`, `fc2.weight`)."""
+        return self.member(k).state_dict()
 
     def seed_weights(self) -> tuple[Tensor, Tensor]:
         """All members in the seed's layout: `fc1: (K, hidden, 2p)`, `fc2: (K, p, hidden)`."""

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from modadd.fourier import CosineFit, NeuronFits
-from modadd.model import MLP
+from modadd.mlp.model import MLP
 
 
 def cosine_network(p: int, freq: Tensor, phase_a: Tensor, phase_b: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,141 @@
+"""The analysis of one trained transformer: Nanda et al.'s algorithm, read off its weights.
+
+Plain functions on a `TransformerStack` and a run's metrics rows (no Lightning, no files but
+the figures `analyze_member` saves): the key frequencies (from the neurons) beside the
+embedding's Fourier norms, the neurons clustered by frequency, the key-frequency ablation, the
+attention from "=", and the three phases read off the curves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from modadd import fourier
+from modadd.data import all_pairs
+from modadd.grokking import first_epoch
+from modadd.transformer.model import TransformerStack
+from modadd.transformer.progress import MAX_BYTES, NeuronSpectrum, row_bytes, chunks, embedding_fourier_norms, progress_measures
+
+CIRCUIT_LOSS = 0.1  # restricted loss below which the key-frequency circuit alone solves the task
+
+
+@torch.no_grad()
+def frequency_ablation(net: TransformerStack, keys: Tensor, max_bytes: int = MAX_BYTES) -> list[dict]:
+    """Accuracy and loss over all p*p pairs of member 0 (addition): as trained, with each key
+    frequency's components removed from the logits, with all of them removed (the excluded
+    logits) and with only them kept (the restricted logits). Rows: `ablation`, `acc`, `loss`."""
+    p = net.p
+    a, b = all_pairs(p)
+    labels = fourier.sum_labels(p)
+    by_label = torch.zeros(1, p, p, dtype=torch.float64)
+    for s in chunks(p * p, row_bytes(net), max_bytes):
+        by_label += fourier.sum_by_label(net(a[s], b[s])[:1].double(), labels[s])
+    variants = {"none (the model)": None, **{f"remove k={int(k)}": keys[i : i + 1] for i, k in enumerate(keys)}}
+    if len(keys):
+        variants["remove all key frequencies"] = keys
+    tables = {name: fourier.restricted_logits(by_label, k) if k is not None else torch.zeros_like(by_label)
+              for name, k in variants.items()}
+    loss = dict.fromkeys(tables, 0.0)
+    right = dict.fromkeys(tables, 0)
+    for s in chunks(p * p, row_bytes(net), max_bytes):
+        logits = net(a[s], b[s])[:1].double()
+        for name, table in tables.items():
+            ablated = fourier.excluded_logits(logits, table, labels[s])[0]
+            loss[name] += F.cross_entropy(ablated, labels[s], reduction="sum").item()
+            right[name] += (ablated.argmax(-1) == labels[s]).sum().item()
+    rows = [{"ablation": name, "acc": right[name] / p**2, "loss": loss[name] / p**2} for name in tables]
+    if len(keys):  # the restricted logits depend on (a, b) only through s: the table's rows are the answers
+        kept = tables["remove all key frequencies"][0]
+        rows.append({"ablation": "keep only the key frequencies",
+                     "acc": (kept.argmax(-1) == torch.arange(p)).double().mean().item(),
+                     "loss": fourier.restricted_loss(kept).item()})
+    return rows
+
+
+@torch.no_grad()
+def attention_from_equals(net: TransformerStack, max_bytes: int = MAX_BYTES) -> Tensor:
+    """`(n_heads, 3, p, p)`: member 0's attention from "=" to a, b and "=" for every pair (a, b)."""
+    p = net.p
+    a, b = all_pairs(p)
+    parts = [net.run(a[s], b[s])[1].attn[0] for s in chunks(p * p, row_bytes(net), max_bytes)]
+    return torch.cat(parts).permute(1, 2, 0).reshape(-1, 3, p, p)
+
+
+def neuron_clusters(spectrum: NeuronSpectrum, keys: Tensor, member: int = 0, min_fraction: float = 0.5) -> list[dict]:
+    """The neurons grouped by the frequency that explains most of their variance: for each key
+    frequency (and "other" for the rest), how many, and the mean share of variance it explains."""
+    freq, explained = spectrum.freq[member], spectrum.explained[member]
+    rows = []
+    clustered = torch.zeros_like(freq, dtype=torch.bool)
+    for k in keys.tolist():
+        mine = (freq == k) & (explained > min_fraction)
+        clustered |= mine
+        rows.append({"freq": k, "neurons": int(mine.sum()), "explained_mean": explained[mine].mean().item() if mine.any() else None})
+    rest = ~clustered
+    rows.append({"freq": "other", "neurons": int(rest.sum()), "explained_mean": explained[rest].mean().item() if rest.any() else None})
+    return rows
+
+
+def phases(rows: Sequence[dict], threshold: float = 0.99) -> dict[str, int | None]:
+    """The three phases' boundaries read off a run's curves (None where a curve never gets there):
+
+    - `memorisation_end`: the first epoch with training accuracy >= `threshold`;
+    - `circuit_formation_end`: the first epoch after it whose restricted loss (logged every N
+      epochs) is below `CIRCUIT_LOSS`: the key frequencies alone then give the right answers;
+    - `cleanup_end`: the first epoch with validation accuracy >= `threshold`: what memorised
+      the training set no longer gets in the way.
+    Also the first epochs at which the restricted and the validation loss fall below 1, which
+    say whether the circuit formed before the test loss fell (the paper's signature)."""
+    memorised = first_epoch(rows, "train/acc", threshold)
+    after = [r for r in rows if memorised is not None and r["epoch"] >= memorised]
+    circuit = next((int(r["epoch"]) for r in after if r.get("fit/restricted_loss", float("nan")) < CIRCUIT_LOSS), None)
+    below = {key: next((int(r["epoch"]) for r in rows if r.get(key, float("nan")) < 1.0), None)
+             for key in ("fit/restricted_loss", "val/loss")}
+    return {"memorisation_end": memorised, "circuit_formation_end": circuit,
+            "cleanup_end": first_epoch(rows, "val/acc", threshold),
+            "restricted_loss_below_1": below["fit/restricted_loss"], "val_loss_below_1": below["val/loss"]}
+
+
+def curve(rows: Sequence[dict], key: str) -> list[list[float]]:
+    """`[[epoch, value], ...]` of a metric logged every N epochs."""
+    return [[int(r["epoch"]), r[key]] for r in rows if r.get(key) is not None and r[key] == r[key]]
+
+
+def analyze_transformer(net: TransformerStack, rows: Sequence[dict], operation: str = "add") -> tuple[dict, dict]:
+    """Everything about member 0 of `net` (a one-member stack): the result dict (analysis.json's
+    transformer part) and the figures by name."""
+    from modadd.transformer import plots
+
+    measures, spectrum, keys = progress_measures(net, None, operation)
+    key = keys[0]
+    norms = embedding_fourier_norms(net.W_E.detach(), net.p)[0]
+    clusters = neuron_clusters(spectrum, key)
+    attention = attention_from_equals(net)
+    result = {
+        "family": "transformer",
+        "key_frequencies": key.tolist(),
+        "embedding_fourier_norms": norms.tolist(),
+        "fourier_gini": measures["fourier_gini"][0].item(),
+        "neuron_clusters": clusters,
+        "neurons_in_key_frequencies": sum(c["neurons"] for c in clusters if c["freq"] != "other") / spectrum.fraction.shape[1],
+        "attention_from_equals": {"a": attention[:, 0].mean().item(), "b": attention[:, 1].mean().item(),
+                                  "=": attention[:, 2].mean().item()},
+        "restricted_loss": curve(rows, "fit/restricted_loss"),
+        "excluded_loss": curve(rows, "fit/excluded_loss"),
+        "phases": phases(rows),
+    }
+    figures = {
+        "embedding_fourier_norms": plots.embedding_norms(norms, key),
+        "neuron_clusters": plots.neuron_clusters(spectrum, key),
+        "attention_from_equals": plots.attention(attention),
+    }
+    if operation == "add":
+        result["frequency_ablation"] = frequency_ablation(net, key)
+        figures["frequency_ablation"] = plots.frequency_ablation(result["frequency_ablation"])
+    if result["restricted_loss"]:
+        figures["progress_measures"] = plots.progress_curves(rows, result["phases"])
+    return result, figures

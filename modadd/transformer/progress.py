@@ -1,0 +1,153 @@
+"""Nanda et al.'s progress measures of the transformer, from its weights and all p*p pairs.
+
+Plain functions on a `TransformerStack` (no Lightning): the training callback logs them every N
+epochs and the analysis reads them for the final model. Every pass over the pairs runs in chunks
+of at most `max_bytes` of activations, so any p fits in memory; what is kept between chunks is
+O(p^2) (logits summed by label) and O(p * d_mlp) (neuron sums), never the (p^2, p) logits.
+
+- Key frequencies come from the MLP neurons (the paper code's criterion, which was the robust
+  one here): the fraction of a neuron's variance over the (a, b) grid that lies in the 2D Fourier
+  components of frequency k (the 3x3 block {0, k, -k}^2 less the constant). Those eight
+  coefficients need only the neuron's sums over a, over b, over (a+b) mod p and over (a-b) mod p,
+  so the spectrum is exact without the (p, p, d_mlp) grid. A frequency is key when at least
+  `min_share` of the neurons have more than `min_fraction` of their variance in it.
+- Restricted loss (all pairs) and excluded loss (the training pairs, as in the paper) use the
+  shared `fourier` parts.
+- The embedding's Fourier norms: the norm over d_model of W_E's cos / sin components at each
+  frequency over the p number tokens; their Gini coefficient measures its sparsity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from modadd import fourier
+from modadd.data import all_pairs
+from modadd.transformer.model import TransformerStack
+
+MAX_BYTES = 2**27
+
+
+@dataclass
+class NeuronSpectrum:
+    """`fraction: (K, d_mlp, p//2)`: the share of each neuron's variance at frequency k = 1..p//2
+    (0 for a constant neuron); `freq: (K, d_mlp)` its largest, `explained: (K, d_mlp)` that share."""
+
+    fraction: Tensor
+
+    @property
+    def freq(self) -> Tensor:
+        return self.fraction.argmax(-1) + 1
+
+    @property
+    def explained(self) -> Tensor:
+        return self.fraction.amax(-1)
+
+
+def chunks(n: int, row_bytes: int, max_bytes: int = MAX_BYTES) -> Iterator[slice]:
+    """Slices of `n` rows of `row_bytes` each, at most `max_bytes` a slice (at least one row)."""
+    size = max(1, max_bytes // max(1, row_bytes))
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def row_bytes(net: TransformerStack) -> int:
+    """Bytes of activations per input pair in `net.run` (values and scores, neurons, residuals, logits)."""
+    s = net.shape
+    return 4 * net.members * (3 * s["n_heads"] * (s["d_head"] + 2) + 2 * s["d_mlp"] + 4 * s["d_model"] + 2 * s["p"])
+
+
+def neuron_spectrum(sums: dict[str, Tensor], p: int) -> NeuronSpectrum:
+    """The spectrum from the neurons' sums over the grid: `by_a, by_b, by_sum, by_diff: (K, p, d_mlp)`
+    (sums over the other index, over a+b = s, over a-b = d, all mod p) and `sq: (K, d_mlp)` (sum of squares)."""
+    total = sums["by_a"].sum(1)  # (K, d_mlp)
+    variance = sums["sq"] - total.square() / p**2  # sum over the grid of (x - mean)^2
+    k = torch.arange(1, p // 2 + 1)
+    # |F(k, 0)|^2 + |F(-k, 0)|^2 = 2 |DFT_a(by_a)[k]|^2 (real input); the same for (0, k), (k, k), (k, -k)
+    power = {name: torch.fft.rfft(sums[name].double(), dim=1)[:, k].abs().square()  # (K, p//2, d_mlp)
+             for name in ("by_a", "by_b", "by_sum", "by_diff")}
+    half = (2 * k == p).double()[:, None]  # k = p/2 (even p) is its own mirror, and there (k, k) = (k, -k)
+    power = power["by_a"] + power["by_b"] + power["by_sum"] + power["by_diff"] * (1 - half)
+    mirrored = 2 - half
+    energy = power * mirrored / p**2  # Parseval: sum x^2 = |F|^2 / p^2
+    positive = variance > 1e-12 * sums["sq"].clamp_min(1e-30)
+    fraction = torch.where(positive[:, None], energy / variance.double().clamp_min(1e-30)[:, None], 0.0)
+    return NeuronSpectrum(fraction.transpose(1, 2).float())
+
+
+def key_frequencies(spectrum: NeuronSpectrum, min_fraction: float = 0.5, min_share: float = 0.01) -> list[Tensor]:
+    """Per member, the sorted frequencies that at least `min_share` of the neurons (and at least
+    one) put more than `min_fraction` of their variance in."""
+    keys = []
+    for fraction in spectrum.fraction:  # (d_mlp, p//2)
+        counts = (fraction > min_fraction).sum(0)
+        keys.append((counts >= max(1, min_share * fraction.shape[0])).nonzero().flatten() + 1)
+    return keys
+
+
+def embedding_fourier_norms(W_E: Tensor, p: int) -> Tensor:
+    """`(K, p//2 + 1)`: the norm over d_model of the embedding's component at each frequency k
+    (cos and sin together) over the number tokens 0..p-1 (k = 0: the mean)."""
+    spectrum = torch.fft.rfft(W_E[:, :p].double(), dim=1)  # (K, p//2 + 1, d_model)
+    return spectrum.abs().square().sum(-1).sqrt().float()
+
+
+@torch.no_grad()
+def progress_measures(net: TransformerStack, train: Tensor | None = None, operation: str = "add",
+                      max_bytes: int = MAX_BYTES) -> tuple[dict[str, Tensor], NeuronSpectrum, list[Tensor]]:
+    """The measures `{name: (K,)}` at the current weights, the neurons' spectrum and the key
+    frequencies per member. `train`: the training pairs' rows a*p + b (for the excluded loss).
+
+    Measures: `key_freqs` (how many), `restricted_loss` (all pairs), `excluded_loss` (the training
+    pairs), `full_acc` (all pairs), `fourier_gini` (of the embedding's norms at k >= 1) and
+    `weight_norm` (of every parameter). The losses need addition: for other operations they are NaN.
+    """
+    p, K = net.p, net.members
+    a, b = all_pairs(p)
+    a, b = a.to(net.W_E.device), b.to(net.W_E.device)
+    labels = fourier.sum_labels(p, a.device)
+    d_mlp = net.shape["d_mlp"]
+    sums = {name: torch.zeros(K, p, d_mlp, device=a.device, dtype=torch.float64) for name in ("by_a", "by_b", "by_sum", "by_diff")}
+    sums["sq"] = torch.zeros(K, d_mlp, device=a.device, dtype=torch.float64)
+    by_label = torch.zeros(K, p, p, device=a.device, dtype=torch.float64)
+    correct = torch.zeros(K, device=a.device)
+    for s in chunks(p * p, row_bytes(net), max_bytes):
+        logits, cache = net.run(a[s], b[s])
+        neurons = cache.neurons.double()  # (K, n, d_mlp)
+        for name, index in (("by_a", a[s]), ("by_b", b[s]), ("by_sum", (a[s] + b[s]) % p), ("by_diff", (a[s] - b[s]) % p)):
+            sums[name].index_add_(1, index, neurons)
+        sums["sq"] += neurons.square().sum(1)
+        by_label += fourier.sum_by_label(logits.double(), labels[s])
+        correct += (logits.argmax(-1) == labels[s]).sum(1)
+    spectrum = neuron_spectrum(sums, p)
+    keys = key_frequencies(spectrum)
+
+    restricted = torch.full((K,), float("nan"))
+    excluded = torch.full((K,), float("nan"))
+    if operation == "add":
+        tables = torch.stack([fourier.restricted_logits(by_label[k], keys[k]) for k in range(K)])  # (K, s, c)
+        restricted = fourier.restricted_loss(tables)
+        rows = torch.arange(p * p, device=a.device) if train is None else train.to(a.device)
+        total = torch.zeros(K, dtype=torch.float64, device=a.device)
+        for s in chunks(len(rows), row_bytes(net), max_bytes):
+            r = rows[s]
+            logits = net(a[r], b[r]).double()
+            excluded_logits = fourier.excluded_logits(logits, tables, labels[r])
+            total += F.cross_entropy(excluded_logits.transpose(1, 2), labels[r].expand(K, -1), reduction="none").sum(1)
+        excluded = total / len(rows)
+    norms = embedding_fourier_norms(net.W_E.detach(), p)[:, 1:]
+    weight_norm = torch.stack([w.detach().square().flatten(1).sum(1) for w in net.parameters()]).sum(0).sqrt()
+    measures = {
+        "key_freqs": torch.tensor([float(len(k)) for k in keys]),
+        "restricted_loss": restricted.float().cpu(),
+        "excluded_loss": excluded.float().cpu(),
+        "full_acc": (correct / (p * p)).cpu(),
+        "fourier_gini": fourier.gini(norms).cpu(),
+        "weight_norm": weight_norm.cpu(),
+    }
+    return measures, spectrum, keys
