@@ -67,7 +67,7 @@ def analyze(path: str | Path, out: str | Path | None = None, settings: Settings 
     sweep = len(jobs) != 1 or jobs[0] != path
     runs = [load_run(j) for j in jobs]
     for run in runs:  # the experiments need a basis in which the task is addition
-        if run.config.get("operation") == "x2xyy2" and run.status in ANALYSABLE:
+        if run.config.get("operation") == "x2xyy2" and run.family == "mlp" and run.status in ANALYSABLE:
             run.status, run.reason = "skipped", "operation=x2xyy2 has no basis in which it is addition: no cosine analysis"
     todo = [r for r in runs if r.status in ANALYSABLE and r.metrics or r.path.is_file() and r.status == "ok"]
     units = [(r, k, _unit_dir(out, r, k, sweep)) for r in todo for k in range(r.members or 1)]
@@ -138,6 +138,9 @@ def analyze_member(job: Path, member: int, out: Path, settings: Settings) -> dic
     stats = {k: v.item() for k, v in fourier.fit_statistics(fits).items()}
     replacement = experiments.replacement_curve(fc1, fc2, orders=settings.orders, seed=settings.seed, activation=activation)
     ablation = experiments.frequency_ablation(fc1, fc2, fits, activation)
+    key_freqs = fourier.key_frequencies(fits)
+    basis_logits = fourier.all_pairs_logits(fc1, fc2, activation)  # (n*n, n) in the addition basis
+    key_ablation = fourier.key_frequency_ablation(lambda: [(slice(None), basis_logits)], fc2.shape[0], key_freqs)
     rows = _member_rows(run.metrics, member, (run.members or 1) > 1)
     result = {
         "job": str(job), "member": member, "family": "mlp", "p": p, "hidden": hidden, "status": "analysed",
@@ -150,8 +153,9 @@ def analyze_member(job: Path, member: int, out: Path, settings: Settings) -> dic
             "r2_mean": {"a": stats["r2_mean_a"], "b": stats["r2_mean_b"], "out": stats["r2_mean_out"]},
             "distinct_freqs": int(stats["distinct_freqs"]),
             "scale_ratio_mean": stats["scale_ratio_mean"],
-            "key_freqs": fourier.key_frequencies(fits).tolist(),
+            "key_freqs": key_freqs.tolist(),
         },
+        "key_frequency_ablation": key_ablation,
         "replacement": [{k: r[k] for k in ("fraction", "acc_mean", "acc_std")} for r in replacement],
         "frequency_ablation": ablation,
         "grokking": grokking_epochs(rows),
@@ -165,6 +169,7 @@ def analyze_member(job: Path, member: int, out: Path, settings: Settings) -> dic
         "frequency_histogram": plots.frequency_histogram(fits.out.freq, p),
         "replacement": plots.replacement_curve(replacement),
         "frequency_ablation": plots.frequency_ablation(ablation, baseline=result["basis_acc"]),
+        "key_frequency_ablation": plots.key_frequency_ablation(key_ablation),
         "activation_heatmaps": plots.activation_heatmaps(fc1, fc2, chosen, activation),
         "neuron_weights": plots.neuron_weights(fc1, fc2, fits, chosen, folded=True),
         "weight_similarity": plots.weight_similarity(fc1, fc2),
@@ -258,7 +263,7 @@ def summary_rows(runs: list[Run], units: list, results: dict) -> list[dict]:
             final = _member_rows(run.metrics, k, per_member)[-1:] or [{}]
             replaced_90 = next((r["acc_mean"] for r in res.get("replacement", []) if abs(r["fraction"] - 0.9) < 1e-9), None)
             keys = res.get("key_frequencies", res.get("fit", {}).get("key_freqs"))
-            ablation = {r["ablation"]: r["acc"] for r in res.get("frequency_ablation", []) if "ablation" in r}
+            ablation = {r["ablation"]: r["acc"] for r in res.get("key_frequency_ablation", [])}
             phases = res.get("phases", {})
             rows.append({
                 "job": run.path.name + (f"/m{k}" if per_member else ""),
@@ -361,8 +366,13 @@ def _mlp_text(res: dict) -> tuple[str, list[Table]]:
             f"{fit['phase_sum_error_median']:.3f} rad; {fit['distinct_freqs']} distinct frequencies; "
             f"mean R² a/b/out {fit['r2_mean']['a']:.3f}/{fit['r2_mean']['b']:.3f}/{fit['r2_mean']['out']:.3f}.")
     tables = [Table(["fraction replaced", "acc mean", "acc std"], [[r["fraction"], r["acc_mean"], r["acc_std"]] for r in res["replacement"]]),
-              Table(["random cosine neurons", "acc mean", "acc std"], [[r["neurons"], r["acc_mean"], r["acc_std"]] for r in res["random_cosine"]])]
+              Table(["random cosine neurons", "acc mean", "acc std"], [[r["neurons"], r["acc_mean"], r["acc_std"]] for r in res["random_cosine"]]),
+              _ablation_table(res["key_frequency_ablation"])]
     return text, tables
+
+
+def _ablation_table(rows: list[dict]) -> Table:
+    return Table(["ablation of the logits (key frequencies)", "acc", "loss"], [[r["ablation"], r["acc"], r["loss"]] for r in rows])
 
 
 def _transformer_text(res: dict) -> tuple[str, list[Table]]:
@@ -380,8 +390,8 @@ def _transformer_text(res: dict) -> tuple[str, list[Table]]:
             f"the validation loss at {phases['val_loss_below_1']}.")
     tables = [Table(["key frequency", "neurons", "mean share of variance"],
                     [[c["freq"], c["neurons"], c["explained_mean"]] for c in res["neuron_clusters"]])]
-    if "frequency_ablation" in res:
-        tables.append(Table(["ablation of the logits", "acc", "loss"], [[r["ablation"], r["acc"], r["loss"]] for r in res["frequency_ablation"]]))
+    if "key_frequency_ablation" in res:
+        tables.append(_ablation_table(res["key_frequency_ablation"]))
     return text, tables
 
 
@@ -391,12 +401,13 @@ def _side_by_side(rows: list[dict]) -> Section:
                "acc_key_frequencies_only", "acc_key_frequencies_removed", "grokking_train_epoch", "grokking_val_epoch",
                "val/acc"]
     analysed = sorted((r for r in rows if r["analysed"]), key=lambda r: (r["family"], r["job"]))
-    text = ("Both families learn modular addition with a few frequencies. For the MLP, the key frequencies are "
-            "those of at least 5% of its neurons' cosine fits, and its algorithm shows as the phase-sum rule "
-            "(each neuron's output phase is the sum of its input phases: small median error). For the transformer "
-            "they are the frequencies its MLP neurons use (Nanda et al.'s criterion), and its algorithm (rotations "
-            "by the key frequencies, read out as cos(w(a+b-c))) shows in the logits: keeping only the key "
-            "frequencies' components gives the accuracy, removing them destroys it.")
+    text = ("Which frequencies each network computes with, and how. For the MLP, the key frequencies are those of "
+            "at least 5% of its neurons' cosine fits, and its algorithm shows as the phase-sum rule (each neuron's "
+            "output phase is the sum of its input phases: a small median error). For the transformer they are the "
+            "frequencies its MLP neurons concentrate on (Nanda et al.'s criterion), and its algorithm (rotations by "
+            "the key frequencies, read out as cos(w(a+b-c))) shows in the logits. For both, the accuracy over all "
+            "pairs with only the key frequencies' components of the logits kept, and with them removed: a network "
+            "that computes with its key frequencies alone keeps its accuracy in the first and loses it in the second.")
     return Section("MLP versus transformer", text=text, tables=[Table(columns, [[r.get(c) for c in columns] for r in analysed])])
 
 

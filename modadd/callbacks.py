@@ -169,6 +169,7 @@ class FitStats(Callback):
         self.images_every = images_every_n_epochs
         self.key_freq_share = key_freq_share
         self.counts_file = None
+        self.train_rows: Tensor | None = None
         self.snapshots: list[tuple[int, Tensor, Tensor]] = []  # (epoch, W_in, W_out) not yet fitted
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -179,6 +180,9 @@ class FitStats(Callback):
             p = module.hparams.p
             write_csv(self.counts_path, kept, ["epoch", "member", *[f"k{k}" for k in range(1, p // 2 + 1)]])
         self.counts_file = self.counts_path.open("a", newline="")  # kept open: an open() per epoch costs ~0.1 ms
+        data = getattr(trainer, "datamodule", None)
+        a, b = data.train[:2] if self.operation == "add" and data is not None else (None, None)
+        self.train_rows = a * module.hparams.p + b if a is not None else None  # the excluded loss's training pairs
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         epoch, last = trainer.current_epoch, trainer.current_epoch + 1 == trainer.max_epochs or trainer.should_stop
@@ -250,14 +254,18 @@ class FitStats(Callback):
         return fc1, fc2
 
     def _progress_measures(self, fc1: Tensor, fc2: Tensor, fits: fourier.NeuronFits, activation: str) -> dict[str, Tensor]:
-        """Restricted / excluded loss over all pairs, for each member's key frequencies."""
-        restricted, excluded = [], []
+        """Restricted / excluded loss over all pairs, for each member's key frequencies, and (for
+        addition) the excluded loss over the training pairs, the paper's."""
+        measures: dict[str, list[Tensor]] = {}
         for k in range(fc1.shape[0]):
             key = fourier.key_frequencies(fits.member(k), self.key_freq_share)
-            r, e = fourier.restricted_excluded_loss(fourier.all_pairs_logits(fc1[k], fc2[k], activation), key)
-            restricted.append(r)
-            excluded.append(e)
-        return {"fit/restricted_loss": torch.stack(restricted), "fit/excluded_loss": torch.stack(excluded)}
+            logits = fourier.all_pairs_logits(fc1[k], fc2[k], activation)
+            r, e = fourier.restricted_excluded_loss(logits, key)
+            measures.setdefault("fit/restricted_loss", []).append(r)
+            measures.setdefault("fit/excluded_loss", []).append(e)
+            if self.train_rows is not None:
+                measures.setdefault("fit/excluded_loss_train", []).append(fourier.restricted_excluded_loss(logits, key, self.train_rows)[1])
+        return {name: torch.stack(values) for name, values in measures.items()}
 
     def teardown(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
         self._close()

@@ -155,8 +155,8 @@ def preflight(argv: list[str], resuming: bool = False) -> None:
     jobs = BasicSweeper.split_arguments(task, None)[0] if multirun else [[o.input_line for o in task]]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         for job in jobs:
-            _check_family_knobs(job, multirun)
             try:
+                _check_family_knobs(job, multirun)
                 cfg = compose("config", overrides=job)
             except HydraException as err:
                 raise ConfigError(_one_line(err)) from None
@@ -168,12 +168,19 @@ def preflight(argv: list[str], resuming: bool = False) -> None:
 
 
 def _check_family_knobs(job: list[str], multirun: bool) -> None:
-    """A knob of another family (`hidden=64` with `model=transformer`) gets the family's own
-    message, not Hydra's "not in struct"."""
-    settings = dict(arg.lstrip("+~").split("=", 1) for arg in job if "=" in arg)
-    family = settings.get("model", "mlp")
+    """A knob of another family (`hidden=64` with `model=transformer`, or with a preset that picks
+    the transformer) gets the family's own message, not Hydra's "not in struct". The family is
+    that of the job composed without the family knobs it was given."""
+    from hydra import compose
+
+    knobs = {knob for own in FAMILIES.values() for knob in own}
+    given = [arg for arg in job if arg.split("=", 1)[0].lstrip("+~") in knobs]
+    if not given:
+        return
+    family = family_of(compose("config", overrides=[arg for arg in job if arg not in given]))
     foreign = foreign_knobs(family) if family in FAMILIES else {}
-    for key in settings:
+    for arg in given:
+        key = arg.split("=", 1)[0].lstrip("+~")
         if key in foreign:
             where = f" (in job {','.join(job)})" if multirun else ""
             raise ConfigError(not_applicable(key, family) + where)

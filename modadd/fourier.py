@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 
 import torch
@@ -288,8 +289,9 @@ def all_pairs_logits(fc1: Tensor, fc2: Tensor, activation: str = "relu") -> Tens
     return hidden @ fc2.transpose(-1, -2)
 
 
-def restricted_excluded_loss(logits: Tensor, key_freqs: Tensor) -> tuple[Tensor, Tensor]:
-    """Nanda et al.'s restricted and excluded losses `(...)` over all p*p pairs.
+def restricted_excluded_loss(logits: Tensor, key_freqs: Tensor, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Nanda et al.'s restricted and excluded losses `(...)`: over all p*p pairs, the excluded
+    loss over `rows` (a*p + b) only if given (the paper's: the training pairs).
 
     `logits: (..., p*p, p)` as from `all_pairs_logits`; `key_freqs`: distinct k in 1..p//2.
     Restricted keeps only the logits' components along cos(w_k(a+b-c)) and sin(w_k(a+b-c)),
@@ -303,6 +305,8 @@ def restricted_excluded_loss(logits: Tensor, key_freqs: Tensor) -> tuple[Tensor,
         raise ValueError(f"logits {tuple(logits.shape)} must be (..., p*p, p)")
     labels = sum_labels(p, logits.device)
     table = restricted_logits(sum_by_label(logits, labels), key_freqs)
+    if rows is not None:
+        logits, labels = logits[..., rows.to(logits.device), :], labels[rows.to(logits.device)]
     logp = F.log_softmax(excluded_logits(logits, table, labels), dim=-1)
     excluded_loss = -logp.gather(-1, labels[:, None].expand(*logits.shape[:-1], 1)).mean(dim=(-2, -1))
     return restricted_loss(table), excluded_loss
@@ -356,6 +360,36 @@ def restricted_loss(table: Tensor) -> Tensor:
 def excluded_logits(logits: Tensor, table: Tensor, labels: Tensor) -> Tensor:
     """The logits `(..., n, p)` of pairs with labels s `(n,)` less their key-frequency components."""
     return logits - table[..., labels, :]
+
+
+@torch.no_grad()
+def key_frequency_ablation(logit_chunks: Callable[[], Iterable[tuple[slice, Tensor]]], p: int, keys: Tensor) -> list[dict]:
+    """Accuracy and loss over all p*p pairs (addition) of a network's logits: as they are, with
+    each key frequency's components removed, with all of them removed (the excluded logits) and
+    with only them kept (the restricted logits). `logit_chunks()` yields `(rows, logits (n, p))`
+    for slices of the rows a*p + b that cover them all; it is called twice (two passes, so the
+    (p*p, p) logits never need to be held at once). Rows of the result: `ablation`, `acc`, `loss`."""
+    labels = sum_labels(p)
+    by_label = torch.zeros(p, p, dtype=torch.float64)
+    for rows, logits in logit_chunks():
+        by_label += sum_by_label(logits.double().cpu(), labels[rows])
+    variants = {"none (the model)": None, **{f"remove k={int(k)}": keys[i : i + 1] for i, k in enumerate(keys)}}
+    if len(keys):
+        variants["remove all key frequencies"] = keys
+    tables = {name: restricted_logits(by_label, k) if k is not None else torch.zeros_like(by_label) for name, k in variants.items()}
+    loss, right = dict.fromkeys(tables, 0.0), dict.fromkeys(tables, 0)
+    for rows, logits in logit_chunks():
+        logits = logits.double().cpu()
+        for name, table in tables.items():
+            ablated = excluded_logits(logits, table, labels[rows])
+            loss[name] += F.cross_entropy(ablated, labels[rows], reduction="sum").item()
+            right[name] += (ablated.argmax(-1) == labels[rows]).sum().item()
+    result = [{"ablation": name, "acc": right[name] / p**2, "loss": loss[name] / p**2} for name in tables]
+    if len(keys):  # the restricted logits depend on (a, b) only through s: the table's rows are the answers
+        kept = tables["remove all key frequencies"]
+        result.append({"ablation": "keep only the key frequencies", "acc": (kept.argmax(-1) == torch.arange(p)).double().mean().item(),
+                       "loss": restricted_loss(kept).item()})
+    return result
 
 
 def primitive_root(p: int) -> int:

@@ -286,6 +286,25 @@ def frequency_ablation(results: Sequence[Mapping[str, float]], baseline: float |
     return fig
 
 
+def key_frequency_ablation(rows: Sequence[Mapping[str, Any]]) -> Figure:
+    """Accuracy and loss over all pairs with key frequencies removed from (or kept in) the logits
+    (`fourier.key_frequency_ablation`), for either family."""
+    fig = Figure(figsize=(max(7.0, 1.1 * len(rows) + 2), 3.6), layout="constrained")
+    ax_acc, ax_loss = fig.subplots(1, 2)
+    names = [str(r["ablation"]).replace(" frequencies", "\nfrequencies").replace("none (the model)", "none\n(the model)")
+             for r in rows]
+    x = np.arange(len(rows))
+    bars = ax_acc.bar(x, _column(rows, "acc"), color="C0")
+    ax_acc.bar_label(bars, fmt="%.3f", fontsize="small")
+    ax_loss.bar(x, _column(rows, "loss"), color="C1")
+    for ax, title in ((ax_acc, "accuracy"), (ax_loss, "cross-entropy loss")):
+        ax.set_xticks(x, names, rotation=30, ha="right", fontsize="small")
+        ax.set(title=f"{title} over all pairs")
+    ax_acc.set_ylim(0, 1.1)
+    ax_loss.set_yscale("log")
+    return fig
+
+
 def activation_heatmaps(fc1: ArrayLike, fc2: ArrayLike, neurons: Sequence[int], activation: str = "relu") -> Figure:
     """For each chosen neuron, its activation over all inputs (a, b) (top row) and its
     contribution activation * fc2[(a+b) mod p, n] to the logit of the right answer (bottom)."""

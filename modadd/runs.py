@@ -213,7 +213,9 @@ def _load_file_run(path: Path) -> Run:
         obj = _torch_load(path)
         if _is_transformer(obj):
             W_U = _transformer_weights(obj, path)["W_U"]
-            shape = {"p": W_U.shape[-1], "members": W_U.shape[0], "model": {"family": "transformer"}}
+            model = (config or {}).get("model")
+            shape = {"p": W_U.shape[-1], "members": W_U.shape[0],
+                     "model": {**(model if isinstance(model, dict) else {}), "family": "transformer"}}
         else:
             fc1, fc2 = _seed_weights(obj, path)
             shape = {"p": fc2.shape[1], "hidden": fc1.shape[1], "members": fc1.shape[0]}
@@ -336,18 +338,25 @@ def _transformer_weights(obj: Any, path: Path) -> dict[str, Tensor]:
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     keys = state.keys() if isinstance(state, dict) else set()
     if {f"net.{n}" for n in NAMES} <= keys:
-        weights = {n: state[f"net.{n}"] for n in NAMES}
+        weights, dims = {n: state[f"net.{n}"] for n in NAMES}, 1
     elif set(TL_KEYS.values()) <= keys:
-        weights = {n: state[TL_KEYS[n]][None] for n in NAMES}
+        weights, dims = {n: state[TL_KEYS[n]] for n in NAMES}, 0
     else:
         raise RunError(f"{path}: neither a modadd transformer checkpoint (net.W_E, ...) nor a HookedTransformer state dict (embed.W_E, ...)")
     if not all(isinstance(w, Tensor) for w in weights.values()):
         raise RunError(f"{path}: weights are not tensors")
-    K, vocab, d_model = weights["W_E"].shape if weights["W_E"].dim() == 3 else (0, 0, 0)
-    p = weights["W_U"].shape[-1]
-    if vocab != p + 1 or weights["W_U"].shape != (K, d_model, p) or weights["W_pos"].shape != (K, 3, d_model):
-        raise RunError(f"{path}: W_E {tuple(weights['W_E'].shape)}, W_pos {tuple(weights['W_pos'].shape)} and "
-                       f"W_U {tuple(weights['W_U'].shape)} are not (K, p+1, d_model), (K, 3, d_model), (K, d_model, p)")
+    weights = {n: w if dims else w[None] for n, w in weights.items()}
+    if weights["W_E"].dim() != 3 or weights["W_Q"].dim() != 4:
+        raise RunError(f"{path}: W_E {tuple(weights['W_E'].shape)} and W_Q {tuple(weights['W_Q'].shape)} are not (K, p+1, d_model), (K, n_heads, d_model, d_head)")
+    K, vocab, d_model = weights["W_E"].shape
+    n_heads, d_head, p = weights["W_Q"].shape[1], weights["W_Q"].shape[3], vocab - 1
+    d_mlp = weights["W_in"].shape[-1]
+    expected = {"W_pos": (K, 3, d_model), "W_Q": (K, n_heads, d_model, d_head), "W_K": (K, n_heads, d_model, d_head),
+                "W_V": (K, n_heads, d_model, d_head), "W_O": (K, n_heads, d_head, d_model), "W_in": (K, d_model, d_mlp),
+                "W_out": (K, d_mlp, d_model), "W_U": (K, d_model, p)}
+    wrong = [f"{n} {tuple(weights[n].shape)} (expected {shape})" for n, shape in expected.items() if tuple(weights[n].shape) != shape]
+    if wrong:
+        raise RunError(f"{path}: inconsistent transformer weights: " + "; ".join(wrong))
     return {n: w.float().contiguous() for n, w in weights.items()}
 
 

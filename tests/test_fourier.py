@@ -400,6 +400,10 @@ def test_restricted_matches_dense_projection(p: int) -> None:
     r_loss, e_loss = restricted_excluded_loss(logits, torch.tensor(keys))
     torch.testing.assert_close(r_loss, pair_loss(restricted, p))
     torch.testing.assert_close(e_loss, pair_loss(logits - restricted, p))
+    rows = torch.randperm(p * p, generator=gen)[: p * p // 3]  # the excluded loss over some pairs only (training pairs)
+    labels = (torch.arange(p)[:, None] + torch.arange(p)[None, :]).flatten() % p
+    _, e_rows = restricted_excluded_loss(logits, torch.tensor(keys), rows)
+    torch.testing.assert_close(e_rows, F.cross_entropy((logits - restricted)[rows], labels[rows]))
 
 
 def test_restricted_on_functions_of_a_plus_b_minus_c() -> None:

@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from modadd.config import ConfigError, preflight
 from modadd.data import all_pairs, labels
 from modadd.files import read_metrics
 from modadd.transformer.model import TL_KEYS, TransformerStack
-from modadd import fourier
-from modadd.transformer.analysis import frequency_ablation
+from modadd.transformer.analysis import key_frequency_ablation
 from modadd.transformer.progress import neuron_spectrum, progress_measures
 
 from conftest import needs_chromium, rendered_dom, run_script, wandb_inspect
@@ -104,6 +104,7 @@ def test_train_py_trains_the_transformer_and_its_weights_load_into_hooked_transf
     (["model=transformer", "d_mlp=0"], "d_mlp=0 is invalid: d_mlp must be an integer >= 1"),
     (["-m", "model=mlp,transformer", "hidden=8"], "hidden does not apply to model=transformer"),
     (["model=transformer", "experiment=grokking"], "hidden does not apply to model=transformer"),
+    (["experiment=transformer_grokking", "hidden=64"], "hidden does not apply to model=transformer"),
 ])
 def test_knobs_of_the_other_family_are_refused_before_any_work(tmp_out, args, message):
     proc = run_script("train.py", *args, f"hydra.run.dir={tmp_out / 'run'}", f"hydra.sweep.dir={tmp_out / 'sweep'}",
@@ -111,6 +112,13 @@ def test_knobs_of_the_other_family_are_refused_before_any_work(tmp_out, args, me
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [f"error: {proc.stderr.strip()[7:]}"] and message in proc.stderr
     assert not (tmp_out / "run").exists() and not (tmp_out / "sweep").exists()
+
+
+def test_a_presets_family_decides_which_knobs_apply():
+    preflight(["experiment=transformer_grokking", "d_model=64", "n_heads=2"])  # the preset picks the transformer
+    preflight(["-m", "model=mlp,transformer", "experiment=compare", "p=23"])
+    with pytest.raises(ConfigError, match="d_model does not apply to model=mlp"):
+        preflight(["experiment=grokking", "d_model=64"])
 
 
 def test_neuron_spectrum_equals_the_full_2d_fourier_transform():
@@ -161,7 +169,9 @@ def test_progress_measures_in_chunks_equal_the_whole_and_the_shared_losses():
         r_loss = F.cross_entropy(restricted, s)
         e_loss = F.cross_entropy(excluded[train], s[train])
         torch.testing.assert_close(whole["restricted_loss"][k].double(), r_loss, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(whole["excluded_loss"][k].double(), e_loss, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(whole["excluded_loss_train"][k].double(), e_loss, rtol=1e-5, atol=1e-6)
+        e_all = F.cross_entropy(excluded, s)
+        torch.testing.assert_close(whole["excluded_loss"][k].double(), e_all, rtol=1e-5, atol=1e-6)
     assert torch.equal(whole["full_acc"], (logits.argmax(-1) == labels(a, b, P)).float().mean(1))
     assert whole["key_freqs"].tolist() == [float(len(k)) for k in keys]
 
@@ -174,7 +184,7 @@ def test_frequency_ablation_equals_least_squares_projections():
         x = torch.arange(P + 1)[:, None] * 2 * math.pi / P
         net.W_E[:, :, :4] += 3 * torch.cat([torch.cos(2 * x), torch.sin(2 * x), torch.cos(5 * x), torch.sin(5 * x)], 1)
     keys = torch.tensor([2, 5])
-    rows = {r["ablation"]: r for r in frequency_ablation(net, keys, max_bytes=4096)}
+    rows = {r["ablation"]: r for r in key_frequency_ablation(net, keys, max_bytes=4096)}
     a, b = all_pairs(P)
     logits = net(a, b)[0].double()
     s, c = labels(a, b, P), torch.arange(P)
@@ -209,9 +219,9 @@ def test_preset_groks_late_with_the_papers_signature_and_analyze_reads_it(tmp_ou
     excluded = dict(map(tuple, result["excluded_loss"]))
     at = lambda epoch: excluded[max(e for e in excluded if e <= epoch)]  # noqa: E731
     assert at(phases["circuit_formation_end"]) > 2 * at(phases["memorisation_end"])  # rises while the circuit forms
-    ablation = {r["ablation"]: r["acc"] for r in result["frequency_ablation"]}
+    ablation = {r["ablation"]: r["acc"] for r in result["key_frequency_ablation"]}
     assert ablation["keep only the key frequencies"] > 0.99 and ablation["remove all key frequencies"] < 0.05
-    for name in ("embedding_fourier_norms", "neuron_clusters", "frequency_ablation", "progress_measures",
+    for name in ("embedding_fourier_norms", "neuron_clusters", "key_frequency_ablation", "progress_measures",
                  "attention_from_equals", "grokking_curves"):
         assert (run / "analysis" / f"{name}.png").stat().st_size > 10_000, name
 
@@ -230,11 +240,11 @@ def mixed_sweep(tmp_path_factory):
 def test_a_sweep_of_both_families_is_analysed_side_by_side(mixed_sweep):
     rows = list(csv.DictReader((mixed_sweep / "analysis" / "summary.csv").open()))
     assert sorted((r["family"], r["status"], r["analysed"]) for r in rows) == [("mlp", "ok", "True"), ("transformer", "ok", "True")]
-    assert all(r["key_frequencies"] is not None for r in rows)
+    assert all(r["key_frequencies"] and r["acc_key_frequencies_only"] and r["acc_key_frequencies_removed"] for r in rows)
     html = (mixed_sweep / "analysis" / "report.html").read_text()
     assert "MLP versus transformer" in html and "phase-sum" in html and "Key frequencies (from the MLP neurons)" in html
     job = next(d for d in mixed_sweep.iterdir() if "model=transformer" in d.name)
-    assert (mixed_sweep / "analysis" / job.name / "frequency_ablation.png").exists()
+    assert (mixed_sweep / "analysis" / job.name / "key_frequency_ablation.png").exists()
 
 
 @pytest.mark.slow

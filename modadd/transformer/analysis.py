@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from modadd import fourier
@@ -23,37 +22,11 @@ from modadd.transformer.progress import MAX_BYTES, NeuronSpectrum, row_bytes, ch
 CIRCUIT_LOSS = 0.1  # restricted loss below which the key-frequency circuit alone solves the task
 
 
-@torch.no_grad()
-def frequency_ablation(net: TransformerStack, keys: Tensor, max_bytes: int = MAX_BYTES) -> list[dict]:
-    """Accuracy and loss over all p*p pairs of member 0 (addition): as trained, with each key
-    frequency's components removed from the logits, with all of them removed (the excluded
-    logits) and with only them kept (the restricted logits). Rows: `ablation`, `acc`, `loss`."""
-    p = net.p
-    a, b = all_pairs(p)
-    labels = fourier.sum_labels(p)
-    by_label = torch.zeros(1, p, p, dtype=torch.float64)
-    for s in chunks(p * p, row_bytes(net), max_bytes):
-        by_label += fourier.sum_by_label(net(a[s], b[s])[:1].double(), labels[s])
-    variants = {"none (the model)": None, **{f"remove k={int(k)}": keys[i : i + 1] for i, k in enumerate(keys)}}
-    if len(keys):
-        variants["remove all key frequencies"] = keys
-    tables = {name: fourier.restricted_logits(by_label, k) if k is not None else torch.zeros_like(by_label)
-              for name, k in variants.items()}
-    loss = dict.fromkeys(tables, 0.0)
-    right = dict.fromkeys(tables, 0)
-    for s in chunks(p * p, row_bytes(net), max_bytes):
-        logits = net(a[s], b[s])[:1].double()
-        for name, table in tables.items():
-            ablated = fourier.excluded_logits(logits, table, labels[s])[0]
-            loss[name] += F.cross_entropy(ablated, labels[s], reduction="sum").item()
-            right[name] += (ablated.argmax(-1) == labels[s]).sum().item()
-    rows = [{"ablation": name, "acc": right[name] / p**2, "loss": loss[name] / p**2} for name in tables]
-    if len(keys):  # the restricted logits depend on (a, b) only through s: the table's rows are the answers
-        kept = tables["remove all key frequencies"][0]
-        rows.append({"ablation": "keep only the key frequencies",
-                     "acc": (kept.argmax(-1) == torch.arange(p)).double().mean().item(),
-                     "loss": fourier.restricted_loss(kept).item()})
-    return rows
+def key_frequency_ablation(net: TransformerStack, keys: Tensor, max_bytes: int = MAX_BYTES) -> list[dict]:
+    """`fourier.key_frequency_ablation` of member 0's logits over all pairs, computed in chunks."""
+    a, b = all_pairs(net.p)
+    return fourier.key_frequency_ablation(
+        lambda: ((s, net(a[s], b[s])[0]) for s in chunks(net.p**2, row_bytes(net), max_bytes)), net.p, keys)
 
 
 @torch.no_grad()
@@ -108,6 +81,7 @@ def curve(rows: Sequence[dict], key: str) -> list[list[float]]:
 def analyze_transformer(net: TransformerStack, rows: Sequence[dict], operation: str = "add") -> tuple[dict, dict]:
     """Everything about member 0 of `net` (a one-member stack): the result dict (analysis.json's
     transformer part) and the figures by name."""
+    from modadd import plots as shared_plots
     from modadd.transformer import plots
 
     measures, spectrum, keys = progress_measures(net, None, operation)
@@ -125,7 +99,8 @@ def analyze_transformer(net: TransformerStack, rows: Sequence[dict], operation: 
         "attention_from_equals": {"a": attention[:, 0].mean().item(), "b": attention[:, 1].mean().item(),
                                   "=": attention[:, 2].mean().item()},
         "restricted_loss": curve(rows, "fit/restricted_loss"),
-        "excluded_loss": curve(rows, "fit/excluded_loss"),
+        "excluded_loss": curve(rows, "fit/excluded_loss_train"),  # the paper's: on the training pairs
+        "excluded_loss_all_pairs": curve(rows, "fit/excluded_loss"),
         "phases": phases(rows),
     }
     figures = {
@@ -134,8 +109,8 @@ def analyze_transformer(net: TransformerStack, rows: Sequence[dict], operation: 
         "attention_from_equals": plots.attention(attention),
     }
     if operation == "add":
-        result["frequency_ablation"] = frequency_ablation(net, key)
-        figures["frequency_ablation"] = plots.frequency_ablation(result["frequency_ablation"])
+        result["key_frequency_ablation"] = key_frequency_ablation(net, key)
+        figures["key_frequency_ablation"] = shared_plots.key_frequency_ablation(result["key_frequency_ablation"])
     if result["restricted_loss"]:
         figures["progress_measures"] = plots.progress_curves(rows, result["phases"])
     return result, figures

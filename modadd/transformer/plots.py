@@ -51,31 +51,13 @@ def neuron_clusters(spectrum: NeuronSpectrum, keys: Tensor, member: int = 0) -> 
     return fig
 
 
-def frequency_ablation(rows: Sequence[Mapping[str, Any]]) -> Figure:
-    """Accuracy and loss over all pairs with key frequencies removed from (or kept in) the logits."""
-    fig = Figure(figsize=(max(7.0, 1.1 * len(rows) + 2), 3.6), layout="constrained")
-    ax_acc, ax_loss = fig.subplots(1, 2)
-    names = [str(r["ablation"]).replace(" frequencies", "\nfrequencies").replace("none (the model)", "none\n(the model)")
-             for r in rows]
-    x = np.arange(len(rows))
-    bars = ax_acc.bar(x, _column(rows, "acc"), color="C0")
-    ax_acc.bar_label(bars, fmt="%.3f", fontsize="small")
-    ax_loss.bar(x, _column(rows, "loss"), color="C1")
-    for ax, title in ((ax_acc, "accuracy"), (ax_loss, "cross-entropy loss")):
-        ax.set_xticks(x, names, rotation=30, ha="right", fontsize="small")
-        ax.set(title=f"{title} over all pairs")
-    ax_acc.set_ylim(0, 1.1)
-    ax_loss.set_yscale("log")
-    return fig
-
-
 def progress_curves(rows: Sequence[Mapping[str, Any]], phases: Mapping[str, int | None]) -> Figure:
     """Training, validation, restricted and excluded loss against epoch, phase boundaries marked."""
     rows = _sorted_rows(rows, "epoch")
     fig = Figure(figsize=(9, 3.8), layout="constrained")
     ax = fig.subplots()
     for key, label, color in (("train/loss", "training loss", "C0"), ("val/loss", "validation loss", "C1"),
-                              ("fit/restricted_loss", "restricted loss", "C2"), ("fit/excluded_loss", "excluded loss", "C3")):
+                              ("fit/restricted_loss", "restricted loss", "C2"), ("fit/excluded_loss_train", "excluded loss (training pairs)", "C3")):
         logged = [r for r in rows if r.get(key) is not None and r[key] == r[key]]
         ax.plot(_column(logged, "epoch"), np.maximum(_column(logged, key), 1e-8), color=color, label=label)
     for i, (name, label) in enumerate(PHASES):

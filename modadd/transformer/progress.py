@@ -11,8 +11,8 @@ O(p^2) (logits summed by label) and O(p * d_mlp) (neuron sums), never the (p^2, 
   coefficients need only the neuron's sums over a, over b, over (a+b) mod p and over (a-b) mod p,
   so the spectrum is exact without the (p, p, d_mlp) grid. A frequency is key when at least
   `min_share` of the neurons have more than `min_fraction` of their variance in it.
-- Restricted loss (all pairs) and excluded loss (the training pairs, as in the paper) use the
-  shared `fourier` parts.
+- Restricted and excluded loss over all pairs (as for the MLP), and the excluded loss over the
+  training pairs (the paper's), from the shared `fourier` parts.
 - The embedding's Fourier norms: the norm over d_model of W_E's cos / sin components at each
   frequency over the p number tokens; their Gini coefficient measures its sparsity.
 """
@@ -28,6 +28,7 @@ from torch import Tensor
 
 from modadd import fourier
 from modadd.data import all_pairs
+from modadd.data import labels as task_labels
 from modadd.transformer.model import TransformerStack
 
 MAX_BYTES = 2**27
@@ -57,9 +58,12 @@ def chunks(n: int, row_bytes: int, max_bytes: int = MAX_BYTES) -> Iterator[slice
 
 
 def row_bytes(net: TransformerStack) -> int:
-    """Bytes of activations per input pair in `net.run` (values and scores, neurons, residuals, logits)."""
+    """Bytes per input pair of what `net.run` and the measures hold at once: values and scores
+    (gathered and concatenated), the weighted values, residuals, neurons before and after the
+    ReLU and their float64 copy, the logits and their float64 copies."""
     s = net.shape
-    return 4 * net.members * (3 * s["n_heads"] * (s["d_head"] + 2) + 2 * s["d_mlp"] + 4 * s["d_model"] + 2 * s["p"])
+    heads = s["n_heads"] * (s["d_head"] + 1)
+    return 4 * net.members * (6 * heads + 4 * s["n_heads"] * s["d_head"] + 3 * s["d_model"] + 4 * s["d_mlp"] + 6 * s["p"])
 
 
 def neuron_spectrum(sums: dict[str, Tensor], p: int) -> NeuronSpectrum:
@@ -67,7 +71,7 @@ def neuron_spectrum(sums: dict[str, Tensor], p: int) -> NeuronSpectrum:
     (sums over the other index, over a+b = s, over a-b = d, all mod p) and `sq: (K, d_mlp)` (sum of squares)."""
     total = sums["by_a"].sum(1)  # (K, d_mlp)
     variance = sums["sq"] - total.square() / p**2  # sum over the grid of (x - mean)^2
-    k = torch.arange(1, p // 2 + 1)
+    k = torch.arange(1, p // 2 + 1, device=total.device)
     # |F(k, 0)|^2 + |F(-k, 0)|^2 = 2 |DFT_a(by_a)[k]|^2 (real input); the same for (0, k), (k, k), (k, -k)
     power = {name: torch.fft.rfft(sums[name].double(), dim=1)[:, k].abs().square()  # (K, p//2, d_mlp)
              for name in ("by_a", "by_b", "by_sum", "by_diff")}
@@ -103,14 +107,19 @@ def progress_measures(net: TransformerStack, train: Tensor | None = None, operat
     """The measures `{name: (K,)}` at the current weights, the neurons' spectrum and the key
     frequencies per member. `train`: the training pairs' rows a*p + b (for the excluded loss).
 
-    Measures: `key_freqs` (how many), `restricted_loss` (all pairs), `excluded_loss` (the training
-    pairs), `full_acc` (all pairs), `fourier_gini` (of the embedding's norms at k >= 1) and
-    `weight_norm` (of every parameter). The losses need addition: for other operations they are NaN.
+    Measures: `key_freqs` (how many), `restricted_loss` and `excluded_loss` (all pairs, as the
+    MLP's), `excluded_loss_train` (the training pairs: the paper's; NaN without `train`),
+    `full_acc` (the operation's pairs), `fourier_gini` (of the embedding's norms at k >= 1) and
+    `weight_norm` (of every parameter). The losses need addition: for other operations they are
+    NaN, and the spectrum and key frequencies are those over the tokens as they are (no discrete
+    logs for mul / div, unlike the MLP's fits).
     """
     p, K = net.p, net.members
     a, b = all_pairs(p)
     a, b = a.to(net.W_E.device), b.to(net.W_E.device)
-    labels = fourier.sum_labels(p, a.device)
+    labels = fourier.sum_labels(p, a.device)  # (a + b) mod p: the restricted and excluded losses' labels
+    answers = task_labels(a, b, p, operation)  # the operation's: for the accuracy
+    defined = b != 0 if operation == "div" else torch.ones_like(b, dtype=torch.bool)
     d_mlp = net.shape["d_mlp"]
     sums = {name: torch.zeros(K, p, d_mlp, device=a.device, dtype=torch.float64) for name in ("by_a", "by_b", "by_sum", "by_diff")}
     sums["sq"] = torch.zeros(K, d_mlp, device=a.device, dtype=torch.float64)
@@ -123,30 +132,33 @@ def progress_measures(net: TransformerStack, train: Tensor | None = None, operat
             sums[name].index_add_(1, index, neurons)
         sums["sq"] += neurons.square().sum(1)
         by_label += fourier.sum_by_label(logits.double(), labels[s])
-        correct += (logits.argmax(-1) == labels[s]).sum(1)
+        correct += ((logits.argmax(-1) == answers[s]) & defined[s]).sum(1)
     spectrum = neuron_spectrum(sums, p)
     keys = key_frequencies(spectrum)
 
-    restricted = torch.full((K,), float("nan"))
-    excluded = torch.full((K,), float("nan"))
+    nan = torch.full((K,), float("nan"))
+    restricted, excluded, excluded_train = nan, nan, nan
     if operation == "add":
         tables = torch.stack([fourier.restricted_logits(by_label[k], keys[k]) for k in range(K)])  # (K, s, c)
         restricted = fourier.restricted_loss(tables)
-        rows = torch.arange(p * p, device=a.device) if train is None else train.to(a.device)
-        total = torch.zeros(K, dtype=torch.float64, device=a.device)
-        for s in chunks(len(rows), row_bytes(net), max_bytes):
-            r = rows[s]
-            logits = net(a[r], b[r]).double()
-            excluded_logits = fourier.excluded_logits(logits, tables, labels[r])
-            total += F.cross_entropy(excluded_logits.transpose(1, 2), labels[r].expand(K, -1), reduction="none").sum(1)
-        excluded = total / len(rows)
+        in_train = torch.zeros(p * p, dtype=torch.bool, device=a.device)
+        if train is not None:
+            in_train[train.to(a.device)] = True
+        total = torch.zeros(2, K, dtype=torch.float64, device=a.device)  # over all pairs, over the training pairs
+        for s in chunks(p * p, row_bytes(net), max_bytes):
+            ablated = fourier.excluded_logits(net(a[s], b[s]).double(), tables, labels[s])
+            loss = F.cross_entropy(ablated.transpose(1, 2), labels[s].expand(K, -1), reduction="none")  # (K, n)
+            total += torch.stack([loss.sum(1), (loss * in_train[s]).sum(1)])
+        excluded = total[0] / p**2
+        excluded_train = total[1] / in_train.sum() if train is not None else nan
     norms = embedding_fourier_norms(net.W_E.detach(), p)[:, 1:]
     weight_norm = torch.stack([w.detach().square().flatten(1).sum(1) for w in net.parameters()]).sum(0).sqrt()
     measures = {
         "key_freqs": torch.tensor([float(len(k)) for k in keys]),
         "restricted_loss": restricted.float().cpu(),
         "excluded_loss": excluded.float().cpu(),
-        "full_acc": (correct / (p * p)).cpu(),
+        "excluded_loss_train": excluded_train.float().cpu(),
+        "full_acc": (correct / defined.sum()).cpu(),
         "fourier_gini": fourier.gini(norms).cpu(),
         "weight_norm": weight_norm.cpu(),
     }
