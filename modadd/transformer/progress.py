@@ -12,7 +12,8 @@ O(p^2) (logits summed by label) and O(p * d_mlp) (neuron sums), never the (p^2, 
   so the spectrum is exact without the (p, p, d_mlp) grid. A frequency is key when at least
   `min_share` of the neurons have more than `min_fraction` of their variance in it.
 - Restricted and excluded loss over all pairs (as for the MLP), and the excluded loss over the
-  training pairs (the paper's), from the shared `fourier` parts.
+  training pairs (the paper's), from the shared `fourier` parts. Their second pass reuses the
+  first pass's logits when all (p^2, p) of them fit in `max_bytes`, else recomputes them.
 - The embedding's Fourier norms: the norm over d_model of W_E's cos / sin components at each
   frequency over the p number tokens; their Gini coefficient measures its sparsity.
 """
@@ -125,8 +126,11 @@ def progress_measures(net: TransformerStack, train: Tensor | None = None, operat
     sums["sq"] = torch.zeros(K, d_mlp, device=a.device, dtype=torch.float64)
     by_label = torch.zeros(K, p, p, device=a.device, dtype=torch.float64)
     correct = torch.zeros(K, device=a.device)
+    kept: list[Tensor] | None = [] if K * p**3 * 8 <= max_bytes else None  # the logits, for the second pass, if they fit
     for s in chunks(p * p, row_bytes(net), max_bytes):
         logits, cache = net.run(a[s], b[s])
+        if kept is not None:
+            kept.append(logits.double())
         neurons = cache.neurons.double()  # (K, n, d_mlp)
         for name, index in (("by_a", a[s]), ("by_b", b[s]), ("by_sum", (a[s] + b[s]) % p), ("by_diff", (a[s] - b[s]) % p)):
             sums[name].index_add_(1, index, neurons)
@@ -145,8 +149,9 @@ def progress_measures(net: TransformerStack, train: Tensor | None = None, operat
         if train is not None:
             in_train[train.to(a.device)] = True
         total = torch.zeros(2, K, dtype=torch.float64, device=a.device)  # over all pairs, over the training pairs
-        for s in chunks(p * p, row_bytes(net), max_bytes):
-            ablated = fourier.excluded_logits(net(a[s], b[s]).double(), tables, labels[s])
+        for i, s in enumerate(chunks(p * p, row_bytes(net), max_bytes)):
+            logits = kept[i] if kept is not None else net(a[s], b[s]).double()
+            ablated = fourier.excluded_logits(logits, tables, labels[s])
             loss = F.cross_entropy(ablated.transpose(1, 2), labels[s].expand(K, -1), reduction="none")  # (K, n)
             total += torch.stack([loss.sum(1), (loss * in_train[s]).sum(1)])
         excluded = total[0] / p**2
