@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -32,6 +33,7 @@ log = logging.getLogger("modadd")
 def train(cfg: DictConfig) -> float:
     """Run the job described by `cfg`; returns the final validation accuracy (mean over members)."""
     out = Path(HydraConfig.get().runtime.output_dir)
+    quiet_libraries()
     validate(cfg, check_init=not _checkpoint(out).exists())  # a resumed job starts from its checkpoint
     torch.set_num_threads(torch_threads(cfg))
     log.info("job %s: %d torch thread(s)", out, torch.get_num_threads())
@@ -47,6 +49,22 @@ def train(cfg: DictConfig) -> float:
         raise
     finish_run(exit_code=0)
     return summary["final"].get("val/acc", math.nan)
+
+
+def _not_a_tip(record: logging.LogRecord) -> bool:
+    return "Tip:" not in record.getMessage()
+
+
+def quiet_libraries() -> None:
+    """Each library line once, through Hydra's handlers (the console and train.log): the
+    `lightning` logger's own console handler printed every Lightning line a second time, raw.
+    Lightning's advertising tips and its notice about torch's pytree API say nothing about the run."""
+    if logging.getLogger().handlers:  # Hydra's: without them, Lightning's handler is the only output
+        logging.getLogger("lightning").handlers.clear()
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if _not_a_tip not in rank_zero.filters:
+        rank_zero.addFilter(_not_a_tip)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def torch_threads(cfg: DictConfig) -> int:

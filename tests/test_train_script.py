@@ -140,3 +140,15 @@ def test_callbacks_run_in_the_order_that_keeps_checkpoints_behind_the_metrics_ro
     fake = {"epoch_log": EpochLog("x.csv"), "fit_stats": FitStats("."), "last_checkpoint": LastCheckpoint(".")}
     ordered = sorted((fake[n] for n in names), key=callback_rank)
     assert [type(c) for c in ordered] == [FitStats, EpochLog, LastCheckpoint]
+
+
+def test_console_shows_each_library_line_once_without_tips_or_deprecation_notices(tmp_out):
+    """Lightning's own console handler used to print each of its lines a second time (raw,
+    `INFO: ...`), with an advertising tip and a deprecation notice about torch's pytree API."""
+    proc = run_script("train.py", "p=7", "hidden=8", "epochs=2", "logger=csv", f"hydra.run.dir={tmp_out / 'run'}",
+                      env={"PYTHONWARNINGS": "default"})
+    console = proc.stdout + proc.stderr
+    assert console.count("GPU available") == 1 and console.count("`Trainer.fit` stopped") == 1
+    assert "Tip:" not in console and "deprecated" not in console and "INFO: " not in console
+    log = (tmp_out / "run" / "train.log").read_text()
+    assert log.count("GPU available") == 1 and "epoch 2/2" in log  # the job's log keeps every line, once
