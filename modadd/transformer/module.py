@@ -36,7 +36,4 @@ class TransformerModule(GrokModule):
         the excluded loss on this run's training pairs."""
         data = self.trainer.datamodule
         a, b, _ = data.train
-        was_training = self.net.training
-        measures = progress_measures(self.net, a * self.hparams.p + b, data.operation)[0]
-        self.net.train(was_training)
-        return measures
+        return progress_measures(self.net, a * self.hparams.p + b, data.operation)[0]
