@@ -42,12 +42,10 @@ TL_KEYS = {
 @dataclass
 class Cache:
     """What the analysis reads from a forward pass at the last position, for `(K, B)` inputs:
-    `attn: (K, B, n_heads, 3)` (the pattern from `=`), `neurons: (K, B, d_mlp)` (post-ReLU),
-    `resid_mid: (K, B, d_model)` (after attention)."""
+    `attn: (K, B, n_heads, 3)` (the pattern from `=`) and `neurons: (K, B, d_mlp)` (post-ReLU)."""
 
     attn: Tensor
     neurons: Tensor
-    resid_mid: Tensor
 
 
 class TransformerStack(nn.Module):
@@ -136,7 +134,7 @@ class TransformerStack(nn.Module):
         resid_mid = x_eq[:, None] + torch.bmm(z.reshape(K, B, n_heads * d_head), W_O)  # (K, B, d_model)
         neurons = F.relu(torch.bmm(resid_mid, self.W_in))  # (K, B, d_mlp)
         resid_post = resid_mid + torch.bmm(neurons, self.W_out)
-        return torch.bmm(resid_post, self.W_U), Cache(attn, neurons, resid_mid)
+        return torch.bmm(resid_post, self.W_U), Cache(attn, neurons)
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
         """Logits `(K, B, p)` for `a, b: (K, B)` or `(B,)`."""
