@@ -7,6 +7,10 @@ import sys
 # float sums: the same config must give bit-identical metrics, whatever else is running.
 os.environ.setdefault("MKL_DYNAMIC", "FALSE")
 
+from modadd import signals  # noqa: E402
+
+signals.install()  # Ctrl-C before training: one line, not a traceback
+
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
@@ -23,8 +27,11 @@ def main(cfg: DictConfig) -> float:
 if __name__ == "__main__":
     try:
         argv = apply_resume(sys.argv[1:])
-        preflight(argv, resuming=argv != sys.argv[1:])  # every job's config, before any directory or W&B run exists
+        preflight(argv)  # every job's config and dir, before any directory or W&B run exists
         sys.argv[1:] = argv
+        main()
     except ConfigError as err:
         sys.exit(f"error: {err}")
-    main()
+    except signals.Interrupted as stop:
+        print(f"interrupted by {stop} before training started: run the same command to start again", file=sys.stderr)
+        sys.exit(signals.exit_code(stop.signum))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -13,8 +14,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 
-from modadd import fourier
-from modadd.files import read_csv, row_epoch, write_csv
+from modadd import fourier, signals
+from modadd.files import WriteError, read_csv, row_epoch, save_atomic, write_csv, writing
 from modadd.module import member_metrics
 
 log = logging.getLogger("modadd")
@@ -75,7 +76,10 @@ class EpochLog(Callback):
 
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
         self.pending = {e: row for e, row in self.pending.items() if e <= self.finished}  # no half-made row
-        self.flush(trainer)
+        try:
+            self.flush(trainer)
+        except WriteError:
+            pass  # the disk that failed first fails again; a resume drops the rows its checkpoint lacks
 
     def flush(self, trainer: L.Trainer) -> None:
         rows = [self.pending.pop(e) for e in sorted(self.pending)]
@@ -87,7 +91,8 @@ class EpochLog(Callback):
             self.columns += list(dict.fromkeys(new_columns))
             self._rewrite()
         else:
-            with self.path.open("a", newline="") as f:
+            with writing(self.path, f"the metrics of epochs {rows[0]['epoch']}-{rows[-1]['epoch']}"), \
+                    self.path.open("a", newline="") as f:
                 csv.DictWriter(f, self.columns, lineterminator="\n").writerows(rows)
         wandb_runs = [lg.experiment for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         for row in rows:
@@ -123,16 +128,28 @@ class LastCheckpoint(Callback):
     def __init__(self, dirpath: str | Path, every_n_epochs: int = 10):
         self.path = Path(dirpath) / "last.ckpt"
         self.every = every_n_epochs
+        self.saved_epochs: int | None = None  # the epochs the checkpoint on disk covers
 
     def saves(self, trainer: L.Trainer) -> bool:
         epoch = trainer.current_epoch
         return (epoch + 1) % self.every == 0 or epoch + 1 == trainer.max_epochs or trainer.should_stop
 
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.saved_epochs = trainer.current_epoch if self.path.exists() else None  # resumed from it
+
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if self.saves(trainer):
-            tmp = self.path.with_suffix(".tmp")
-            trainer.save_checkpoint(tmp, weights_only=False)  # the optimiser and loops too, to resume
-            tmp.replace(self.path)
+            save_atomic(partial(trainer.save_checkpoint, weights_only=False), self.path, f"the checkpoint of epoch {trainer.current_epoch + 1}")
+            self.saved_epochs = trainer.current_epoch + 1
+
+
+class StopOnSignal(Callback):
+    """Turns a SIGINT / SIGTERM noted during training (`modadd.signals`) into a stop at the end
+    of this epoch, before its row and checkpoint are written (train.py runs it first)."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if signals.received() is not None:
+            trainer.should_stop = True
 
 
 class FitStats(Callback):
@@ -235,8 +252,9 @@ class FitStats(Callback):
                 row.update(member_metrics(name, [member[j] for member in values[b]]))
             self._emit(trainer, module, epoch_log, epoch, row)
         rows = [[epoch, k, *c] for epoch, per_member in zip(epochs, counts.tolist()) for k, c in enumerate(per_member)]
-        csv.writer(self.counts_file, lineterminator="\n").writerows(rows)
-        self.counts_file.flush()  # a killed run keeps every fitted epoch's row
+        with writing(self.counts_path, "the frequency counts of the fits"):
+            csv.writer(self.counts_file, lineterminator="\n").writerows(rows)
+            self.counts_file.flush()  # a killed run keeps every fitted epoch's row
         return fits, fc1, fc2
 
     def _emit(self, trainer: L.Trainer, module: L.LightningModule, epoch_log: EpochLog | None, epoch: int,
@@ -271,13 +289,19 @@ class FitStats(Callback):
         self._close()
 
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
-        if self.snapshots and self.counts_file is not None:  # their rows are still to be written
-            self._fit_snapshots(trainer, module, _epoch_log(trainer))
+        try:
+            if self.snapshots and self.counts_file is not None:  # their rows are still to be written
+                self._fit_snapshots(trainer, module, _epoch_log(trainer))
+        except WriteError:
+            pass  # the disk that failed first fails again; a resume drops the rows its checkpoint lacks
         self._close()
 
     def _close(self) -> None:
         if self.counts_file is not None:
-            self.counts_file.close()
+            try:
+                self.counts_file.close()
+            except OSError:
+                pass  # a full disk: the rows a resume needs are re-fitted
             self.counts_file = None
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:

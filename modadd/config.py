@@ -11,8 +11,9 @@ import numbers
 from collections.abc import Callable
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from modadd import rundir
 from modadd.family import FAMILIES, family_of, foreign_knobs, not_applicable
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -128,12 +129,13 @@ def _one_line(err: Exception) -> str:
     return " ".join(lines)
 
 
-def preflight(argv: list[str], resuming: bool = False) -> None:
-    """Compose and validate every job `train.py argv` would run; raise `ConfigError` if one is bad.
+def preflight(argv: list[str]) -> None:
+    """Compose and validate every job `train.py argv` would run, and look at the dir of each one
+    that exists already; raise `ConfigError` if a job is bad or its dir cannot take it.
 
     Leaves Hydra's own modes (`--cfg`, `--help`, ...) and a single run given sweep syntax to
-    Hydra, which reports those itself. `resuming`: the jobs continue from their checkpoints,
-    so their `init` file is not read.
+    Hydra, which reports those itself. A job whose dir holds a checkpoint continues from it,
+    so its `init` file is not read.
     """
     from hydra import compose, initialize_config_dir
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -147,27 +149,45 @@ def preflight(argv: list[str], resuming: bool = False) -> None:
         overrides = OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
     except HydraException as err:
         raise ConfigError(_one_line(err)) from None
-    task = [o for o in overrides if not (o.key_or_group == "hydra" or o.key_or_group.startswith(("hydra.", "hydra/")))]
+    hydra = [o.input_line for o in overrides if _is_hydra(o.key_or_group)]
+    task = [o for o in overrides if not _is_hydra(o.key_or_group)]
     if not multirun and any(o.is_sweep_override() for o in task):
         return
     if any(o.key_or_group == "init" and o.is_sweep_override() for o in task):
         raise ConfigError("init cannot be swept: run one sweep per init (its path is left out of the job dir names)")
     jobs = BasicSweeper.split_arguments(task, None)[0] if multirun else [[o.input_line for o in task]]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        if multirun:
+            _check_sweep_dir(Path(compose("config", overrides=hydra, return_hydra_config=True).hydra.sweep.dir),
+                             [o.input_line for o in task])
         for job in jobs:
+            where = f" (in job {','.join(job)})" if multirun else ""
             try:
-                _check_family_knobs(job, multirun)
-                cfg = compose("config", overrides=job)
+                _check_family_knobs(job, where)
+                cfg = compose("config", overrides=[*hydra, *job], return_hydra_config=True)
             except HydraException as err:
                 raise ConfigError(_one_line(err)) from None
+            run_dir = _job_dir(cfg, multirun)
             try:
-                validate(cfg, check_init=not resuming)
-            except ConfigError as err:
-                where = f" (in job {','.join(job)})" if multirun else ""
+                validate(cfg, check_init=not (run_dir / "checkpoints" / "last.ckpt").exists())
+                if run_dir.is_dir():
+                    rundir.check(run_dir, OmegaConf.to_container(cfg, resolve=False))
+            except (ConfigError, rundir.RunDirError) as err:
                 raise ConfigError(f"{err}{where}") from None
 
 
-def _check_family_knobs(job: list[str], multirun: bool) -> None:
+def _is_hydra(key: str) -> bool:
+    return key == "hydra" or key.startswith(("hydra.", "hydra/"))
+
+
+def _job_dir(cfg: DictConfig, multirun: bool) -> Path:
+    """Where the job composed as `cfg` (with its `hydra` node) will write."""
+    if multirun:
+        return Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir)
+    return Path(cfg.hydra.run.dir)
+
+
+def _check_family_knobs(job: list[str], where: str) -> None:
     """A knob of another family (`hidden=64` with `model=transformer`, or with a preset that picks
     the transformer) gets the family's own message, not Hydra's "not in struct". The family is
     that of the job composed without the family knobs it was given."""
@@ -182,16 +202,17 @@ def _check_family_knobs(job: list[str], multirun: bool) -> None:
     for arg in given:
         key = arg.split("=", 1)[0].lstrip("+~")
         if key in foreign:
-            where = f" (in job {','.join(job)})" if multirun else ""
             raise ConfigError(not_applicable(key, family) + where)
 
 
 def apply_resume(argv: list[str]) -> list[str]:
-    """Turn `resume=<dir>` (or `resume=latest`) into Hydra's run / sweep dir override.
+    """Turn `resume=<dir>` (or `resume=latest`) into Hydra's run / sweep dir override, with the
+    overrides the dir was started with.
 
     A job whose directory already holds `checkpoints/last.ckpt` continues from it, so pointing
     the command at the old directory is all a resume needs; `latest` is the newest directory
-    under `outputs/` (or `multirun/` with `-m`).
+    under `outputs/` (or `multirun/` with `-m`). Overrides given with it must leave the config
+    as it was (the preflight checks; raising `epochs` trains longer).
     """
     multirun = any(a in ("-m", "--multirun") for a in argv)
     rest, target = [], None
@@ -210,20 +231,37 @@ def apply_resume(argv: list[str]) -> list[str]:
         target = str(found[-1])
     if not Path(target).is_dir():
         raise ConfigError(f"resume={target} is invalid: resume must be an existing run or sweep directory (or latest)")
-    _check_same_overrides(Path(target), rest, multirun)
-    return [*rest, f"hydra.{'sweep' if multirun else 'run'}.dir={target}"]
-
-
-def _check_same_overrides(target: Path, argv: list[str], multirun: bool) -> None:
-    """A resumed run must be the same run: its checkpoint's optimiser state and metrics.csv
-    belong to the overrides it was started with."""
-    from omegaconf import OmegaConf
-
-    record = target / ("multirun.yaml" if multirun else ".hydra/overrides.yaml")
+    record = Path(target) / ("multirun.yaml" if multirun else ".hydra/overrides.yaml")
     if not record.is_file():
         raise ConfigError(f"resume={target} is invalid: no {record.name} there, so it is not a {'sweep' if multirun else 'run'} directory")
+    given = {_key(a) for a in rest if not a.startswith("-") and not _is_hydra(_key(a))}
+    recorded = _recorded_overrides(record)
+    kept = ([] if given else recorded) if multirun else [a for a in recorded if _key(a) not in given]
+    return [*rest, *kept, f"hydra.{'sweep' if multirun else 'run'}.dir={_quoted(target)}"]
+
+
+def _recorded_overrides(record: Path) -> list[str]:
+    """The overrides in a run dir's `.hydra/overrides.yaml` or a sweep dir's `multirun.yaml`."""
     saved = OmegaConf.load(record)
-    before = sorted(saved.hydra.overrides.task if multirun else saved)
-    now = sorted(a for a in argv if not a.startswith("-") and not a.startswith(("hydra.", "hydra/")))
+    return [str(a) for a in (saved.hydra.overrides.task if record.name == "multirun.yaml" else saved)]
+
+
+def _check_sweep_dir(sweep_dir: Path, task: list[str]) -> None:
+    """A sweep dir holds one sweep: continuing it takes the overrides it was started with."""
+    record = sweep_dir / "multirun.yaml"
+    if not record.is_file():
+        return
+    before = sorted(a for a in _recorded_overrides(record) if _key(a) not in rundir.HOW)
+    now = sorted(a for a in task if _key(a) not in rundir.HOW)
     if before != now:
-        raise ConfigError(f"resume={target} was started with overrides {before}, this command has {now}: give the same ones")
+        raise ConfigError(f"hydra.sweep.dir={sweep_dir} holds a sweep started with overrides {before}, this command has "
+                          f"{now}: give a new sweep dir, or the same overrides (or resume={sweep_dir} -m) to continue it")
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _quoted(path: str) -> str:
+    """`path` as one Hydra override value, whatever it holds (spaces, `=` and `,` of job dir names)."""
+    return "'" + path.replace("'", "\\'") + "'"

@@ -2,16 +2,22 @@
 
 Every output goes to the job's Hydra directory (Hydra does not chdir): `metrics.csv`,
 `checkpoints/last.ckpt`, `model.pt` (the seed's state_dict layout), `summary.json`, the W&B
-run under `wandb/`, Hydra's `.hydra/` and the log.
+run under `wandb/`, `.hydra/` (written by `modadd.rundir` once the dir is this job's) and the log.
+`summary.json` says how the job ended: `ok`, `diverged`, `interrupted` (by a signal: the
+checkpoint holds its last epoch), `failed` (with the error) or `wandb_failed` (trained, but
+its W&B run did not close cleanly).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
 import os
+import sys
 import warnings
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -20,20 +26,41 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from modadd.callbacks import EpochLog, LastCheckpoint
+from modadd import rundir, signals
+from modadd.callbacks import EpochLog, LastCheckpoint, StopOnSignal
 from modadd.config import validate
-from modadd.files import read_metrics, write_atomic
+from modadd.files import WriteError, read_metrics, save_atomic, write_atomic
 from modadd.grokking import grokking_epochs
 from modadd.module import GrokModule
 from modadd.tracking import finish_run
 
 log = logging.getLogger("modadd")
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 def train(cfg: DictConfig) -> float:
-    """Run the job described by `cfg`; returns the final validation accuracy (mean over members)."""
-    out = Path(HydraConfig.get().runtime.output_dir)
+    """Run the job described by `cfg`; returns the final validation accuracy (mean over members).
+
+    Ends the process (SystemExit) with one line when the run dir cannot take the job (1), when
+    a disk write fails (1), or when a signal stopped it (130 / 143, after its checkpoint).
+    """
+    hydra = HydraConfig.get()
+    out = Path(hydra.runtime.output_dir)
     quiet_libraries()
+    logging.raiseExceptions = False  # a full disk fails the log file too: one line from us, not a traceback per record
+    signals.install()  # also in a launcher's worker process
+    try:
+        with rundir.claim(out, cfg, hydra, list(hydra.overrides.task)):
+            return _run(cfg, out)
+    except rundir.RunDirError as err:
+        print(f"error: {err}", file=sys.stderr)  # not logged: this dir's train.log is its holder's
+        raise SystemExit(1) from None
+    except WriteError as err:  # writing .hydra/
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _run(cfg: DictConfig, out: Path) -> float:
     validate(cfg, check_init=not _checkpoint(out).exists())  # a resumed job starts from its checkpoint
     torch.set_num_threads(torch_threads(cfg))
     log.info("job %s: %d torch thread(s)", out, torch.get_num_threads())
@@ -41,13 +68,12 @@ def train(cfg: DictConfig) -> float:
     if done is not None:
         log.info("%s already finished (%s): skipped", out, done["status"])
         return done["final"].get("val/acc", math.nan)
-    try:
+    for stale in [out / "summary.json", *out.glob("model*.pt")]:  # they told how an earlier attempt ended
+        stale.unlink(missing_ok=True)
+    with signals.deferred():
         summary = _fit(cfg, out)
-    except BaseException as err:
-        _write_summary(out, {"status": "failed", "error": f"{type(err).__name__}: {err}"})
-        finish_run(exit_code=1)
-        raise
-    finish_run(exit_code=0)
+    if signals.received() is not None:  # stopped by it, or finished all the same: either way stop here
+        raise SystemExit(signals.exit_code(signals.received()))
     return summary["final"].get("val/acc", math.nan)
 
 
@@ -92,16 +118,18 @@ def build(cfg: DictConfig, resuming: bool = False) -> tuple[L.Trainer, GrokModul
         logger.log_hyperparams(config)
     data: L.LightningDataModule = instantiate(cfg.data)
     module: GrokModule = instantiate(cfg.model, **({"init": None} if resuming and "init" in cfg.model else {}))
-    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
+    callbacks = [StopOnSignal(), *(instantiate(c) for c in (cfg.callbacks or {}).values())]
     callbacks.sort(key=callback_rank)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     return trainer, module, data
 
 
 def callback_rank(callback: L.Callback) -> int:
-    """Sort key: the metrics row is written after every callback added to it (EpochLog after
-    the others), and a checkpoint only covers epochs whose row is written (LastCheckpoint last)."""
-    return 2 if isinstance(callback, LastCheckpoint) else 1 if isinstance(callback, EpochLog) else 0
+    """Sort key: a signal's stop is decided first (so this epoch's row and checkpoint are
+    written), the metrics row after every callback added to it (EpochLog after the others), and
+    a checkpoint only covers epochs whose row is written (LastCheckpoint last)."""
+    order = (StopOnSignal, EpochLog, LastCheckpoint)
+    return next((i for i, kind in enumerate(order) if isinstance(callback, kind)), 0.5)
 
 
 def _checkpoint(out: Path) -> Path:
@@ -109,30 +137,79 @@ def _checkpoint(out: Path) -> Path:
 
 
 def _fit(cfg: DictConfig, out: Path) -> dict:
-    last = _checkpoint(out)
-    resume = last if last.exists() else None
-    trainer, module, data = build(cfg, resuming=resume is not None)
-    loggers = trainer.loggers
-    if resume:
-        log.info("resuming from %s", resume)
-    trainer.fit(module, datamodule=data, ckpt_path=resume)
-
-    _save_models(module, out)
-    rows = read_metrics(out / "metrics.csv")
-    final = {k: v for k, v in rows[-1].items()} if rows else {}
-    diverged = not all(math.isfinite(final.get(k, 0.0)) for k in ("train/loss", "val/loss"))
-    summary = {
-        "status": "diverged" if diverged else "ok",
-        "epochs_run": len(rows),
-        "final": final,
-        "grokking": grokking_epochs(rows),
-    }
-    _write_summary(out, summary)
-    for logger in loggers:
-        if hasattr(logger.experiment, "summary"):
-            logger.experiment.summary.update({"status": summary["status"], "grokking": summary["grokking"]})
-    log.info("done: %s", json.dumps({k: summary[k] for k in ("status", "grokking")}))
+    """Train, then record how it ended (see the module's docstring). A failed disk write ends
+    the process with one line (exit 1); any other error is recorded and raised."""
+    trainer, error = None, None
+    try:
+        last = _checkpoint(out)
+        resume = last if last.exists() else None
+        trainer, module, data = build(cfg, resuming=resume is not None)
+        if resume:
+            log.info("resuming from %s", resume)
+        trainer.fit(module, datamodule=data, ckpt_path=resume)
+        if signals.received() is None or trainer.current_epoch >= cfg.epochs:
+            _save_models(module, out)
+    except BaseException as err:  # noqa: BLE001 - every ending is recorded
+        error = err
+    summary = _ending(cfg, out, error, trainer)
+    try:
+        for logger in trainer.loggers if trainer is not None else []:
+            if hasattr(logger.experiment, "summary"):
+                logger.experiment.summary.update({k: summary.get(k) for k in ("status", "grokking")})
+        code = signals.exit_code(signals.received()) if signals.received() else int(summary["status"] != "ok")
+        finish_run(exit_code=code)
+    except Exception as err:  # noqa: BLE001 - the run is trained; only its W&B copy is short
+        if summary["status"] in ("ok", "diverged"):
+            summary.update(status="wandb_failed", wandb_error=_one_line(err))
+    try:
+        _write_summary(out, summary)
+    except (OSError, WriteError) as err:
+        summary.update(status="failed", error=f"{_disk_error(err) or _one_line(err)} (so the job has no summary.json)")
+    if summary["status"] == "failed":
+        if error is not None and _disk_error(error) is None:
+            raise error
+        print(f"error: {summary['error']}", file=sys.stderr)
+        raise SystemExit(1)
+    if summary["status"] != "interrupted":
+        log.info("done: %s", json.dumps({k: summary.get(k) for k in ("status", "grokking")}))
     return summary
+
+
+def _ending(cfg: DictConfig, out: Path, error: BaseException | None, trainer: L.Trainer | None) -> dict:
+    """summary.json's record of how the training ended."""
+    rows = read_metrics(out / "metrics.csv")
+    final = dict(rows[-1]) if rows else {}
+    summary = {"status": "ok", "epochs_run": len(rows), "final": final, "grokking": grokking_epochs(rows)}
+    if _disk_error(error) is not None:
+        return {**summary, "status": "failed", "error": _disk_error(error) + _continue_from(trainer)}
+    if signals.received() is not None and (error is not None or len(rows) < cfg.epochs):
+        name = signals.name(signals.received())
+        log.warning("interrupted by %s after %d of %d epochs: run the same command to continue%s",
+                    name, len(rows), cfg.epochs, _continue_from(trainer))
+        return {**summary, "status": "interrupted", "signal": name}
+    if error is not None:
+        return {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+    if not all(math.isfinite(final.get(k, 0.0)) for k in ("train/loss", "val/loss")):
+        return {**summary, "status": "diverged"}
+    return summary
+
+
+def _continue_from(trainer: L.Trainer | None) -> str:
+    saved = next((c.saved_epochs for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None) if trainer else None
+    return f" from the checkpoint of epoch {saved}" if saved else ""
+
+
+def _disk_error(error: BaseException | None) -> str | None:
+    """The one line for a write that failed for lack of space or permission, None for any other error."""
+    if isinstance(error, WriteError):
+        return str(error)
+    if isinstance(error, OSError) and error.errno in _DISK_FULL:
+        return f"{error.strerror}: could not write {error.filename or 'a file of the run'}"
+    return None
+
+
+def _one_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {' '.join(str(err).split())}"[:300]
 
 
 def _finished(out: Path, epochs: int) -> dict | None:
@@ -149,12 +226,10 @@ def _save_models(module: GrokModule, out: Path) -> None:
     """Each member's final weights in its family's documented layout: the seed's state_dict
     (`fc1.weight`, `fc2.weight`) for the MLP, a `HookedTransformer` state dict for the transformer."""
     net = module.net
-    if net.members == 1:
-        torch.save(net.member_state_dict(0), out / "model.pt")
-    else:
-        for k in range(net.members):
-            torch.save(net.member_state_dict(k), out / f"model_m{k}.pt")
+    names = ["model.pt"] if net.members == 1 else [f"model_m{k}.pt" for k in range(net.members)]
+    for k, name in enumerate(names):
+        save_atomic(partial(torch.save, net.member_state_dict(k)), out / name, "the final weights")
 
 
 def _write_summary(out: Path, summary: dict) -> None:
-    write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str, allow_nan=True))
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str, allow_nan=True), what="how the job ended")

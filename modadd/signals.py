@@ -1,0 +1,80 @@
+"""SIGINT and SIGTERM: stop at the end of an epoch, with a checkpoint, and say so.
+
+Ctrl-C sends SIGINT; Slurm sends SIGTERM at preemption and at a job's time limit. Either way
+the job must end with files that tell the truth and a checkpoint that the same command
+continues from. While a job trains (`deferred`), a signal is only noted: the training loop
+stops at the next epoch boundary (`modadd.callbacks.StopOnSignal`), writes its checkpoint and
+the job exits with 128 + the signal's number (130, 143). Outside training there is nothing to
+save, so a signal stops the process at once (`Interrupted`), and so does a second signal.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+log = logging.getLogger("modadd")
+
+HANDLED = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(BaseException):
+    """A signal that stops the process at once (a BaseException, like KeyboardInterrupt)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class _State:
+    received: int | None = None  # the first signal of the job, if any
+    deferring: bool = False
+
+
+STATE = _State()
+
+
+def install() -> None:
+    """Route SIGINT and SIGTERM through `_handle`, except one the process was started ignoring
+    (as Python does for SIGINT: a shell's background job is not meant to get the terminal's Ctrl-C)."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in HANDLED:
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                signal.signal(signum, _handle)
+
+
+def received() -> int | None:
+    """The signal this job received, if any."""
+    return STATE.received
+
+
+def name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
+def exit_code(signum: int) -> int:
+    """The shell's code for a process ended by `signum` (130 for SIGINT, 143 for SIGTERM)."""
+    return 128 + signum
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Within: a first signal is noted, for the training loop to stop at the epoch's end."""
+    STATE.received, STATE.deferring = None, True
+    try:
+        yield
+    finally:
+        STATE.deferring = False
+
+
+def _handle(signum: int, frame: object) -> None:
+    if STATE.deferring and STATE.received is None:
+        STATE.received = signum
+        log.warning("%s received: stopping at the end of this epoch, after its checkpoint (send it again to stop "
+                    "at once, from the last checkpoint)", name(signum))
+        return
+    STATE.received = STATE.received or signum
+    raise Interrupted(signum)
