@@ -51,18 +51,19 @@ def main() -> int:
         parser.error(f"--neurons={args.neurons} is invalid: must be a comma-separated list of integers >= 1")
 
     from modadd.analysis import Settings, analyze, analyze_construction  # heavy imports after the argument checks
+    from modadd.files import WriteError
     from modadd.runs import RunError
 
     settings = Settings(orders=args.orders, neurons=neurons, draws=args.draws, seed=args.seed)
     if args.workers is not None:
         settings.workers = max(1, args.workers)
-    if args.construct:
-        p = args.p or 113
-        analyze_construction(args.construct, p, args.out or f"constructions/{args.construct}_p{p}", settings, args.activation)
-        return 0
     try:
-        analyze(args.path, args.out, settings)
-    except RunError as err:
+        if args.construct:
+            p = args.p or 113
+            analyze_construction(args.construct, p, args.out or f"constructions/{args.construct}_p{p}", settings, args.activation)
+        else:
+            analyze(args.path, args.out, settings)
+    except (RunError, WriteError) as err:  # nothing to analyse; an output that cannot be written
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

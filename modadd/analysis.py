@@ -4,19 +4,26 @@
 every usable one in parallel worker processes (one torch thread each), and writes for each
 job `analysis.json` and its figures, and for the whole `summary.csv`, sweep figures and
 `report.html`. Jobs that cannot be analysed (failed, diverged, running, unreadable, no
-epochs) are listed with their status and reason, never fatal.
+epochs, not started) are listed with their status and reason, never fatal; a write that fails
+(a full or read-only disk, an output path that is a file) is: `WriteError`, one line naming
+the file and what it held. Every file is written atomically, so a failed write leaves none
+half written (no empty PNG).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
 import multiprocessing
 import os
+import tempfile
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import matplotlib
@@ -29,16 +36,16 @@ from modadd import fourier, plots  # noqa: E402
 from modadd.mlp import construct, experiments  # noqa: E402
 from modadd.data import labels, operation_pairs, split  # noqa: E402
 from modadd.grokking import grokking_epochs  # noqa: E402
-from modadd.files import write_csv  # noqa: E402
+from modadd.files import WriteError, save_atomic, write_atomic, write_csv, writing  # noqa: E402
 from modadd.report import Section, Table, write_report  # noqa: E402
-from modadd.runs import Run, RunError, find_jobs, load_run, load_transformer_weights, load_weights  # noqa: E402
+from modadd.runs import (  # noqa: E402
+    Run, RunError, find_jobs, load_run, load_transformer_weights, load_weights, unstarted_jobs,
+)
 from modadd.transformer.analysis import analyze_transformer  # noqa: E402
 from modadd.transformer.model import TransformerStack  # noqa: E402
 from modadd.transformer.progress import chunks, row_bytes  # noqa: E402
 
 log = logging.getLogger("modadd")
-
-ANALYSABLE = ("ok", "incomplete")  # an incomplete (killed) job is analysed from its last checkpoint
 
 
 @dataclass
@@ -58,7 +65,7 @@ def analyze(path: str | Path, out: str | Path | None = None, settings: Settings 
     """Analyse everything under `path`; returns one summary row per job (analysed or not).
 
     Raises `RunError` (one line) if `path` is not a run, a sweep or a checkpoint, or if no job
-    under it could be analysed.
+    under it could be analysed; `WriteError` (one line) if the output cannot be written.
     """
     settings = settings or Settings()
     path = Path(path)
@@ -66,12 +73,17 @@ def analyze(path: str | Path, out: str | Path | None = None, settings: Settings 
     out = Path(out) if out else (path.parent if path.is_file() else path) / "analysis"
     sweep = len(jobs) != 1 or jobs[0] != path
     runs = [load_run(j) for j in jobs]
+    runs += unstarted_jobs(path, runs)
     for run in runs:  # the experiments need a basis in which the task is addition
-        if run.config.get("operation") == "x2xyy2" and run.family == "mlp" and run.status in ANALYSABLE:
-            run.status, run.reason = "skipped", "operation=x2xyy2 has no basis in which it is addition: no cosine analysis"
-    todo = [r for r in runs if r.status in ANALYSABLE and r.metrics or r.path.is_file() and r.status == "ok"]
+        if run.config.get("operation") == "x2xyy2" and run.family == "mlp" and run.analysable:
+            run.status, run.analysable = "skipped", False
+            run.reason = "operation=x2xyy2 has no basis in which it is addition: no cosine analysis"
+    todo = [r for r in runs if r.analysable]
     units = [(r, k, _unit_dir(out, r, k, sweep)) for r in todo for k in range(r.members or 1)]
-    progress(f"{len(jobs)} job(s) under {path}: analysing {len(todo)}, skipping {len(runs) - len(todo)}")
+    skipped = ", ".join(f"{n} {status}" for status, n in Counter(r.status for r in runs if not r.analysable).items())
+    progress(f"{len(runs)} job(s) under {path}: analysing {len(todo)}" + (f", skipping {skipped}" if skipped else ""))
+    if units:
+        _make_out(out)  # before the work: a bad output path fails in a second, not after the analysis
 
     member_counts = {r.path: r.members or 1 for r in runs}
     results: dict[tuple[Path, int], dict] = {}
@@ -94,6 +106,10 @@ def analyze(path: str | Path, out: str | Path | None = None, settings: Settings 
             try:
                 results[key] = future.result()
                 progress(f"[{done}/{len(units)}] {_name(key[0], key[1], member_counts[key[0]])}: done")
+            except WriteError:  # the output's fault, not the job's: every other job would fail the same way
+                for other in futures:
+                    other.cancel()
+                raise
             except (RunError, ValueError, RuntimeError) as err:
                 results[key] = {"status": "unreadable", "reason": str(err).splitlines()[0]}
                 progress(f"[{done}/{len(units)}] {_name(key[0], key[1], member_counts[key[0]])}: skipped ({results[key]['reason']})")
@@ -106,13 +122,12 @@ def analyze(path: str | Path, out: str | Path | None = None, settings: Settings 
             if result.get("random_cosine"):
                 _save_figure(plots.random_cosine_curve(result["random_cosine"]), unit_dir / "random_cosine.png")
             result["status"] = run.status
-            (unit_dir / "analysis.json").write_text(json.dumps(result, indent=2, allow_nan=True))
+            write_atomic(unit_dir / "analysis.json", json.dumps(result, indent=2, allow_nan=True), what="the job's analysis")
     rows = summary_rows(runs, units, results)
     if not any(r["analysed"] for r in rows):
         reasons = "; ".join(f"{r['job']}: {r['status']} ({r['reason']})" for r in rows) or "no jobs"
         raise RunError(f"nothing to analyse under {path}: {reasons}")
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "summary.csv", rows)
+    write_csv(out / "summary.csv", rows, what="the summary of every job")
     write_report(out / "report.html", f"modadd analysis: {path}", _report_sections(rows, runs, units, results, out, sweep))
     progress(f"wrote {out / 'report.html'} and {out / 'summary.csv'}")
     return rows
@@ -133,7 +148,6 @@ def analyze_member(job: Path, member: int, out: Path, settings: Settings) -> dic
     logits = fourier.all_pairs_logits(fc1, fc2, activation)
     original = _split_accuracies(run, p, lambda rows: logits[rows].argmax(-1))  # on the operation's own pairs and labels
     fc1, fc2, basis = fourier.addition_basis(fc1, fc2, operation)  # the task is now addition mod n
-    out.mkdir(parents=True, exist_ok=True)
     fits = fourier.fit_neurons(fc1, fc2)
     stats = {k: v.item() for k, v in fourier.fit_statistics(fits).items()}
     replacement = experiments.replacement_curve(fc1, fc2, orders=settings.orders, seed=settings.seed, activation=activation)
@@ -178,7 +192,7 @@ def analyze_member(job: Path, member: int, out: Path, settings: Settings) -> dic
     for name, fig in figures.items():
         if fig is not None:
             _save_figure(fig, out / f"{name}.png")
-    write_csv(out / "neurons.csv", _neuron_rows(fits))
+    write_csv(out / "neurons.csv", _neuron_rows(fits), what="the neurons' fits")
     return result
 
 
@@ -195,19 +209,20 @@ def analyze_construction(name: str, p: int, out: str | Path, settings: Settings,
     """
     activation = activation or construct.CONSTRUCTIONS[name][1]
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    _make_out(out)
     rows = []
     draws = experiments.construction_draws(name, p, settings.neurons, settings.draws, settings.seed, activation)
     for n, fc1, fc2, acc in draws:
         stats = fourier.fit_statistics(fourier.fit_neurons(fc1[0], fc2[0]))
         hp = {"p": p, "hidden": n, "activation": activation, "operation": "add", "construction": name, "seed": settings.seed}
         state = construct.to_mlp(fc1[0], fc2[0], activation).state_dict()
-        torch.save({"state_dict": state, "hyper_parameters": hp}, out / f"model_N{n}.pt")
+        save_atomic(partial(torch.save, {"state_dict": state, "hyper_parameters": hp}), out / f"model_N{n}.pt",
+                    f"the network of {n} neurons")
         rows.append({"neurons": n, "activation": activation, "acc_mean": acc.mean().item(),
                      "acc_std": acc.std(correction=0).item(), "acc_min": acc.min().item(), "acc_max": acc.max().item(),
                      "frac_same_freq": stats["frac_same_freq"].item(),
                      "phase_sum_error_median": stats["phase_sum_error_median"].item()})
-    write_csv(out / "construction.csv", rows)
+    write_csv(out / "construction.csv", rows, what="the accuracies of the constructions")
     _save_figure(plots.random_cosine_curve(rows, name=f"{name} ({activation})"), out / "accuracy_vs_neurons.png")
     progress(f"{name} construction, p={p}, {activation} activation, {settings.draws} draw(s) per N, seed {settings.seed}")
     progress(f"{'N':>6} {'acc mean':>9} {'acc std':>8} {'min':>8} {'max':>8}")
@@ -236,7 +251,6 @@ def _analyze_transformer_member(run: Run, member: int, out: Path) -> dict:
               "operation": operation, **_split_accuracies(run, p, predict), "grokking": grokking_epochs(rows),
               "epochs": len(rows)}
     figures["grokking_curves"] = plots.grokking_curves(rows) if rows else None
-    out.mkdir(parents=True, exist_ok=True)
     for name, fig in figures.items():
         if fig is not None:
             _save_figure(fig, out / f"{name}.png")
@@ -437,9 +451,20 @@ def _sweep_figures(rows: list[dict], runs: list[Run], out: Path) -> list[tuple[s
 
 
 def _save_figure(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    """The figure as a PNG, written atomically (a full disk leaves no empty PNG), then closed."""
+    try:
+        save_atomic(lambda tmp: fig.savefig(tmp, format="png", dpi=120), path, f"the figure {path.stem.replace('_', ' ')}")
+    finally:
+        plt.close(fig)
+
+
+def _make_out(out: Path) -> None:
+    """Create the output dir and check that it takes a file, or raise `WriteError` (one line)."""
+    if out.exists() and not out.is_dir():
+        raise WriteError(errno.EEXIST, f"{out} is a file, not a directory: give the output a directory (--out)")
+    with writing(out, "the analysis"):
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
 
 
 def _unit_dir(out: Path, run: Run, member: int, sweep: bool) -> Path:

@@ -29,7 +29,8 @@ class EpochLog(Callback):
     statistics to the pending rows (`add`). They are also written whenever LastCheckpoint saves,
     so a kill loses no row a checkpoint covers; on resume the rows of epochs it does not cover
     are dropped, so no epoch appears twice or is missing. Must run after every callback that
-    adds metrics to the row (`train.py` puts it last).
+    adds metrics to the row (`train.py` puts it last). A resumed job's W&B run is a new one: it
+    is given the rows before the checkpoint first, so the newest W&B run of a job holds every epoch.
     """
 
     def __init__(self, path: str | Path, print_every: int = 100, flush_every: int = 10):
@@ -41,13 +42,26 @@ class EpochLog(Callback):
         self.media: dict[int, dict] = {}  # epoch -> W&B media logged with that epoch's row
         self.finished = -1  # the last epoch whose row is whole
         self.columns: list[str] = []
+        self.started = False
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._start(trainer)
+
+    def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if not self.started:  # a checkpoint of the last epoch: the loop had nothing to run
+            self._start(trainer)
+
+    def _start(self, trainer: L.Trainer) -> None:
         # after a checkpoint's loop state is restored: current_epoch is the first epoch to run
+        self.started = True
         kept = [r for r in read_csv(self.path) if (e := row_epoch(r)) is not None and e < trainer.current_epoch]
         self.rows = [{k: v for k, v in r.items() if k is not None} for r in kept]  # as written; torn rows dropped
         self.columns = list(dict.fromkeys(k for r in self.rows for k in r))
         self._rewrite()
+        for logger in trainer.loggers:  # each start is a new W&B run: it gets the epochs before it too
+            if isinstance(logger, WandbLogger):
+                for row in self.rows:
+                    logger.log_metrics({k: float(v) for k, v in row.items() if v != ""}, step=int(row["epoch"]))
 
     def flushes(self, trainer: L.Trainer) -> bool:
         """Whether this epoch's end writes the pending rows: every `flush_every` epochs, at the

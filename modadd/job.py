@@ -156,23 +156,34 @@ def _fit(cfg: DictConfig, out: Path) -> dict:
         for logger in trainer.loggers if trainer is not None else []:
             if hasattr(logger.experiment, "summary"):
                 logger.experiment.summary.update({k: summary.get(k) for k in ("status", "grokking")})
-        code = signals.exit_code(signals.received()) if signals.received() else int(summary["status"] != "ok")
-        finish_run(exit_code=code)
-    except Exception as err:  # noqa: BLE001 - the run is trained; only its W&B copy is short
+    except Exception as err:  # noqa: BLE001 - judged with the close below
+        summary["wandb_error"] = _one_line(err)
+    code = signals.exit_code(signals.received()) if signals.received() else int(summary["status"] not in ("ok", "diverged"))
+    last = summary["final"].get("epoch") if summary.get("final") else None
+    unclosed = finish_run(exit_code=code, last_step=last)
+    if unclosed or "wandb_error" in summary:
+        summary["wandb_error"] = summary.get("wandb_error") or f"the W&B run did not close cleanly: {unclosed}"
         if summary["status"] in ("ok", "diverged"):
-            summary.update(status="wandb_failed", wandb_error=_one_line(err))
+            summary["status"] = "wandb_failed"
     try:
         _write_summary(out, summary)
     except (OSError, WriteError) as err:
         summary.update(status="failed", error=f"{_disk_error(err) or _one_line(err)} (so the job has no summary.json)")
-    if summary["status"] == "failed":
-        if error is not None and _disk_error(error) is None:
-            raise error
-        print(f"error: {summary['error']}", file=sys.stderr)
+    if summary["status"] == "failed" and error is not None and _disk_error(error) is None:
+        raise error
+    if summary["status"] in ("failed", "wandb_failed"):
+        print(f"error: {summary.get('error') or summary['wandb_error']}{_next_step(summary, trainer)}", file=sys.stderr)
         raise SystemExit(1)
     if summary["status"] != "interrupted":
         log.info("done: %s", json.dumps({k: summary.get(k) for k in ("status", "grokking")}))
     return summary
+
+
+def _next_step(summary: dict, trainer: L.Trainer | None) -> str:
+    if summary["status"] == "wandb_failed":
+        return ("; the model and metrics are saved: run the same command again (with space for W&B) to log "
+                "the run to a new W&B run")
+    return f"; free some space, then run the same command to continue{_continue_from(trainer)}"
 
 
 def _ending(cfg: DictConfig, out: Path, error: BaseException | None, trainer: L.Trainer | None) -> dict:
@@ -181,7 +192,7 @@ def _ending(cfg: DictConfig, out: Path, error: BaseException | None, trainer: L.
     final = dict(rows[-1]) if rows else {}
     summary = {"status": "ok", "epochs_run": len(rows), "final": final, "grokking": grokking_epochs(rows)}
     if _disk_error(error) is not None:
-        return {**summary, "status": "failed", "error": _disk_error(error) + _continue_from(trainer)}
+        return {**summary, "status": "failed", "error": _disk_error(error)}
     if signals.received() is not None and (error is not None or len(rows) < cfg.epochs):
         name = signals.name(signals.received())
         log.warning("interrupted by %s after %d of %d epochs: run the same command to continue%s",

@@ -165,4 +165,4 @@ def render_report(title: str, sections: Sequence[Section]) -> str:
 def write_report(path: str | os.PathLike, title: str, sections: Sequence[Section]) -> Path:
     """Write one self-contained HTML page: title, table of contents, then each section's
     paragraphs, tables and numbered, captioned figures (embedded PNGs). Returns the path."""
-    return write_atomic(path, render_report(title, sections))
+    return write_atomic(path, render_report(title, sections), what="the report")

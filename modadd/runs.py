@@ -6,23 +6,26 @@ stack, and a bad job never raises in `load_run`: it comes back with a `status` a
 one-line `reason`. Weights come back in the seed's layout with a leading member dim,
 `fc1: (K, hidden, 2p)`, `fc2: (K, p, hidden)`, the layout `modadd.fourier` takes.
 
-Statuses: `ok`, `failed`, `diverged` (from summary.json); `running` (written to within
-`running_window` seconds, and after summary.json if there is one: a resumed job);
-`incomplete` (no summary.json and quiet: killed); `unreadable` (config missing or corrupt,
-corrupt summary.json, or no usable weights where there should be some).
+Statuses: `running` (a live process holds the job's lock, `modadd.lock`: file ages cannot
+tell a slow job from a dead one); else from summary.json: `ok`, `failed`, `diverged`,
+`interrupted` (by a signal, after its checkpoint), `wandb_failed` (the model is complete, its
+W&B run did not close); `incomplete` (no summary.json and no holder: killed); `unreadable`
+(config missing, corrupt or out of range, corrupt summary.json, or no usable weights, or
+weights of another shape than the config's, where there should be some); `not started` (a job
+of a sweep's multirun.yaml that has no job dir, `unstarted_jobs`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import time
+import os
 import zipfile
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -30,18 +33,25 @@ from omegaconf.base import ContainerMetadata, Metadata
 from omegaconf.nodes import AnyNode
 from torch import Tensor
 
+from modadd import lock
+from modadd.config import ConfigError, validate
 from modadd.family import family_of
 from modadd.files import read_metrics
+
+if TYPE_CHECKING:
+    from hydra.core.override_parser.types import Override
 
 # What a Lightning checkpoint of a GrokModule pickles besides tensors: its hyper_parameters hold
 # the OmegaConf containers Hydra instantiated it with (betas is a ListConfig). Allowlisting them
 # keeps `torch.load(weights_only=True)` (no arbitrary code from a file) working on our ckpts.
 _SAFE_GLOBALS = [ListConfig, DictConfig, AnyNode, Metadata, ContainerMetadata, Any, defaultdict, dict, list, int]
-_SUMMARY_STATUSES = ("ok", "failed", "diverged")
-# Files a live job writes: Hydra's config at start, then a row and a ckpt per epoch; all of them
-# before summary.json (train.log is not one: its last line comes after summary.json).
-_ACTIVITY = (".hydra/config.yaml", "metrics.csv", "checkpoints/last.ckpt")
+_SUMMARY_STATUSES = ("ok", "failed", "diverged", "interrupted", "wandb_failed")
+_STOPPED = ("incomplete", "interrupted")  # analysed from the last checkpoint; the same command resumes them
+_ANALYSABLE = ("ok", "wandb_failed", *_STOPPED)
 _NOT_JOBS = {"analysis"}  # a sweep's analysis output may be a Hydra dir too
+_BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+_FINAL = ("model.pt", "model_m*.pt")  # where a job's final weights are (one member, or several)
+_Parse = Callable[[Any, Path], Any]  # (a loaded weights file, its path) -> weights in modadd's layout
 
 
 class RunError(ValueError):
@@ -55,8 +65,9 @@ class Run:
     `config` is the plain composed config (interpolations such as `${p}` left as written;
     the top-level knobs hold the values), {} if unreadable. For a weights file, `path` is the
     file, `config` comes from the job dir around it (else the ckpt's hyper_parameters) with
-    `p`, `hidden`, `members` set from the file's weights, and metrics/summary are empty.
-    Fields other than status/reason are filled as far as they could be read, whatever the status.
+    `p`, the widths and `members` set from the file's weights, and metrics/summary are empty.
+    Fields other than status/reason are filled as far as they could be read, whatever the status;
+    `analysable`: its weights were read and match its config, and its status is one to analyse.
     """
 
     path: Path
@@ -66,6 +77,7 @@ class Run:
     summary: dict
     status: str
     reason: str
+    analysable: bool = False
 
     @property
     def p(self) -> int | None:
@@ -86,23 +98,25 @@ class Run:
 
 def find_jobs(path: str | Path) -> list[Path]:
     """The job dirs under `path`: itself for a job dir or a `.ckpt`/`.pt` file, its jobs
-    (sorted by name) for a sweep dir; a sweep with no job started yet gives []."""
+    (sorted by name) for a sweep dir; a sweep with no job started yet gives []. A job dir has
+    `.hydra/`, or only the `.lock` of a job that has just started and not yet written it."""
     path = Path(path)
     if path.is_file() and path.suffix in (".ckpt", ".pt"):
         return [path]
-    if (path / ".hydra").is_dir():
+    if _is_job(path):
         return [path]
     if path.is_dir():
-        jobs = sorted(
-            d for d in path.iterdir()
-            if d.is_dir() and not d.name.startswith(".") and d.name not in _NOT_JOBS and (d / ".hydra").is_dir()
-        )
+        jobs = sorted(d for d in path.iterdir() if not d.name.startswith(".") and d.name not in _NOT_JOBS and _is_job(d))
         if jobs or (path / "multirun.yaml").is_file():
             return jobs
     raise RunError(f"{path} is not a run, a sweep or a checkpoint")
 
 
-def load_run(path: str | Path, running_window: float = 120.0) -> Run:
+def _is_job(path: Path) -> bool:
+    return (path / ".hydra").is_dir() or (path / lock.NAME).is_file()
+
+
+def load_run(path: str | Path) -> Run:
     """The job at `path` (a job dir or a weights file) with its status; never raises for a bad job."""
     path = Path(path)
     if path.is_file():
@@ -110,16 +124,79 @@ def load_run(path: str | Path, running_window: float = 120.0) -> Run:
     config, config_error = _read_config(path)
     summary, summary_error = _read_summary(path)
     run = Run(path, config or {}, _read_overrides(path), read_metrics(path / "metrics.csv"), summary, "", "")
-    run.status, run.reason = _status(run, config_error or summary_error, running_window)
+    run.status, run.reason, run.analysable = _judge(run, config_error or summary_error)
     return run
+
+
+def unstarted_jobs(sweep: str | Path, runs: Sequence[Run]) -> list[Run]:
+    """A `not started` run for each job of the sweep at `sweep` that is not among `runs` (the
+    jobs found on disk): the sweep stopped before it, or has not got to it yet.
+
+    The jobs are expanded from the sweep's multirun.yaml with Hydra's own code, as its basic
+    sweeper expands them and names their dirs. Where `hydra.sweep.subdir` is not the override
+    dirname, the dir names do not say which jobs they are: one run then says how many are missing.
+    [] for a job dir, or a sweep that cannot be expanded (another sweeper, a damaged file).
+    """
+    sweep = Path(sweep)
+    expanded = _sweep_jobs(sweep / "multirun.yaml")
+    if expanded is None:
+        return []
+    jobs, names = expanded
+    running = any(r.status == "running" for r in runs)
+    if names is None:
+        missing = len(jobs) - len(runs)
+        why = "the sweep is still running other jobs" if running else "the sweep stopped before them"
+        reason = (f"{missing} of the sweep's {len(jobs)} jobs have no job dir: {why} (hydra.sweep.subdir does not "
+                  f"name the dirs by their overrides, so which ones is not known)")
+        return [Run(sweep / f"{missing} of {len(jobs)} jobs", {}, {}, [], {}, "not started", reason)] if missing > 0 else []
+    why = "the sweep is still running other jobs" if running else "the sweep stopped before this job"
+    found = {r.path.name for r in runs}
+    return [Run(sweep / name, _override_config(job), _overrides([o.input_line for o in job]), [], {}, "not started",
+                "its dir holds no .hydra/config.yaml: the job stopped before it began" if (sweep / name).is_dir()
+                else f"no job dir: {why}")
+            for job, name in zip(jobs, names) if name and name not in found]
+
+
+def _sweep_jobs(multirun: Path) -> tuple[list[list[Override]], list[str] | None] | None:
+    """Each job's overrides in the sweep Hydra recorded in `multirun` (its multirun.yaml), and
+    each job's dir name if the dirs are named by the overrides (else None); None if the sweep
+    cannot be expanded here."""
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        hydra = OmegaConf.load(multirun).hydra
+        if hydra.sweeper.get("_target_") != _BASIC_SWEEPER:
+            return None
+        parser = OverridesParser.create()
+        params = [f"{k}={v}" for k, v in (hydra.sweeper.get("params") or {}).items()]  # as BasicSweeper.sweep
+        lines = BasicSweeper.split_arguments(parser.parse_overrides([*params, *hydra.overrides.task]), None)[0]
+        jobs = [parser.parse_overrides(job) for job in lines]
+        if OmegaConf.to_container(hydra.sweep, resolve=False).get("subdir") != "${hydra.job.override_dirname}":
+            return jobs, None
+        naming = hydra.job.config.override_dirname
+        return jobs, [get_overrides_dirname(job, exclude_keys=list(naming.exclude_keys), item_sep=naming.item_sep,
+                                            kv_sep=naming.kv_sep) for job in jobs]
+    except Exception:  # noqa: BLE001 - a missing or damaged multirun.yaml, or a sweep Hydra cannot expand without its configs
+        return None
+
+
+def _override_config(job: list[Override]) -> dict:
+    """What a job's overrides say of its config, for a job never composed: the knobs they set,
+    and the family `model=` picks."""
+    config = {o.key_or_group: o.value() for o in job if not o.is_delete()}
+    if "model" in config:
+        config["model"] = {"family": config["model"]}
+    return config
 
 
 def load_weights(run_or_path: Run | str | Path) -> tuple[Tensor, Tensor]:
     """The MLP's seed-layout stacked weights `fc1: (K, hidden, 2p)`, `fc2: (K, p, hidden)` on the CPU.
 
     For a job: model.pt / model_m{k}.pt (the final weights) when all are there and readable,
-    else checkpoints/last.ckpt (the last finished epoch: a killed or running job). A `.ckpt` or
-    `.pt` path is read directly. Raises `RunError` if no usable weights are found.
+    else checkpoints/last.ckpt (the last checkpointed epoch: a stopped or running job). A `.ckpt`
+    or `.pt` path is read directly. Raises `RunError` if no usable weights are found.
     """
     fc1, fc2 = _load_members(run_or_path, _seed_weights)
     return fc1, fc2
@@ -131,7 +208,7 @@ def load_transformer_weights(run_or_path: Run | str | Path) -> dict[str, Tensor]
     return _load_members(run_or_path, _transformer_weights)
 
 
-def _load_members(run_or_path: Run | str | Path, parse: Callable[[Any, Path], Any]) -> Any:
+def _load_members(run_or_path: Run | str | Path, parse: _Parse) -> Any:
     """Every member's weights, parsed by `parse(obj, path)` and stacked (see `load_weights`)."""
     if isinstance(run_or_path, Run):
         path, members = run_or_path.path, run_or_path.members
@@ -142,67 +219,111 @@ def _load_members(run_or_path: Run | str | Path, parse: Callable[[Any, Path], An
     if not path.is_dir():
         raise RunError(f"{path}: no such file or directory")
     if members is None:
-        members = (_read_config(path)[0] or {}).get("members")
-    errors = []
-    files = _final_files(path, members)
+        config, error = _read_config(path)
+        members = None if error else config.get("members")
+    return _find_weights(path, members, parse)[0]
+
+
+def _find_weights(job: Path, members: int | None, parse: _Parse) -> tuple[Any, str, str]:
+    """`(weights, source, missed)`: the final weights when all their files are there and
+    readable (`source` "model.pt" or "model_m*.pt"), else the checkpoint's (`source` names it and
+    its epoch, `missed` says what was wrong with the final files: "" if there were none)."""
+    errors, missed = [], ""
+    files = _final_files(job, members)
     if files:
         try:
-            return _stack([parse(_torch_load(f), f) for f in files])
+            return _stack([parse(_torch_load(f), f) for f in files]), _FINAL[len(files) > 1], ""
         except RunError as err:
             errors.append(str(err))
+            missed = str(err).replace(f"{job}{os.sep}", "")
     else:
         errors.append("no model.pt or model_m*.pt")
-    ckpt = path / "checkpoints" / "last.ckpt"
+    ckpt = job / "checkpoints" / "last.ckpt"
     if ckpt.is_file():
         try:
-            return parse(_torch_load(ckpt), ckpt)
+            obj = _torch_load(ckpt)
+            return parse(obj, ckpt), f"checkpoints/last.ckpt (epoch {obj.get('epoch', '?')})", missed
         except RunError as err:
             errors.append(str(err))
     else:
         errors.append("no checkpoints/last.ckpt")
-    raise RunError(f"no usable weights in {path}: " + "; ".join(errors))
+    raise RunError(f"no usable weights in {job}: " + "; ".join(errors))
 
 
-def _status(run: Run, read_error: str, window: float) -> tuple[str, str]:
-    if read_error:
-        return "unreadable", read_error
+def _judge(run: Run, read_error: str) -> tuple[str, str, bool]:
+    """The job's status, its one-line reason, and whether it is analysable."""
     epochs = len(run.metrics)
-    age = _since_last_write(run.path, after=run.path / "summary.json" if run.summary else None)
-    if age is not None and age < window:
-        return "running", f"running: {epochs} epochs so far, last write {_duration(age)} ago"
-    if not run.summary and epochs == 0:
-        return "incomplete", "no epochs recorded"
-    if run.summary.get("status") == "failed":
-        return "failed", "failed: " + _one_line(run.summary.get("error") or "no error recorded")
+    holder = lock.holder(run.path)
+    if holder is not None:
+        who = f"PID {holder.get('pid', '?')} on {holder.get('host', '?')} (since {holder.get('since', '?')})"
+        return "running", f"running: {who}, {epochs} epochs so far", False
+    if read_error:
+        return "unreadable", read_error, False
+    status = run.summary.get("status", "incomplete")
+    if status == "incomplete" and epochs == 0:
+        return status, "no epochs recorded", False
+    if status == "failed":
+        return status, "failed: " + _one_line(run.summary.get("error") or "no error recorded"), False
+    ending = _ending(run, status)
+    if status in _STOPPED and not (run.path / "checkpoints" / "last.ckpt").is_file() and not any(run.path.glob("model*.pt")):
+        return status, f"{ending}; no checkpoint yet, nothing to analyse", False
     try:
-        (load_transformer_weights if run.family == "transformer" else load_weights)(run)
+        source = _checked_weights(run)
     except RunError as err:
-        return "unreadable", str(err)
-    if not run.summary:
-        since = f", last write {_duration(age)} ago" if age is not None else ""
-        return "incomplete", f"no summary.json: stopped after {epochs} epochs{since}"
-    if run.summary["status"] == "diverged":
-        final = run.summary.get("final")
+        return "unreadable", str(err), False
+    analysable = status in _ANALYSABLE
+    empty = f"metrics.csv has no rows (summary.json: {run.summary.get('epochs_run', '?')} epochs run): no curves"
+    notes = (ending, source if analysable else "", "" if epochs else empty)
+    return status, "; ".join(note for note in notes if note), analysable
+
+
+def _ending(run: Run, status: str) -> str:
+    """How the job ended, as the reason says it ("" for a plain `ok`)."""
+    summary = run.summary
+    if status == "incomplete":
+        return f"no summary.json: stopped after {len(run.metrics)} epochs (killed?): resumes with the same command"
+    if status == "interrupted":
+        return (f"interrupted by {summary.get('signal') or 'a signal'} after {summary.get('epochs_run', len(run.metrics))} "
+                f"epochs: resumes with the same command")
+    if status == "wandb_failed":
+        return (f"the W&B run did not close cleanly ({_one_line(summary.get('wandb_error') or 'no error recorded')}): "
+                f"the model is complete; rerunning the same command logs it again")
+    if status == "diverged":
+        final = summary.get("final")
         final = final if isinstance(final, dict) else {}
         bad = [f"{k} {v}" for k, v in final.items() if k in ("train/loss", "val/loss") and not _finite(v)]
-        return "diverged", "diverged: final " + (", ".join(bad) or "loss not finite")
-    return "ok", ""
+        return "diverged: final " + (", ".join(bad) or "loss not finite")
+    return ""
 
 
-def _since_last_write(job: Path, after: Path | None) -> float | None:
-    """Seconds since the job last wrote one of `_ACTIVITY`; None if none of them is newer than
-    `after` (summary.json: what came before it is the finished job, not a live one)."""
-    floor = _mtime(after) if after is not None else None
-    mtimes = [m for f in _ACTIVITY if (m := _mtime(job / f)) is not None and (floor is None or m > floor)]
-    return max(0.0, time.time() - max(mtimes)) if mtimes else None
+def _checked_weights(run: Run) -> str:
+    """Read the job's weights and check their shape against its config; returns what the reason
+    says of where they came from ("" for the final weights). Raises `RunError`."""
+    weights, source, missed = _find_weights(
+        run.path, run.members, _transformer_weights if run.family == "transformer" else _seed_weights)
+    held = _shape(weights)
+    said = {k: run.config.get(k, 1 if k == "members" else None) for k in held}
+    wrong = [k for k in held if said[k] is not None and said[k] != held[k]]
+    if wrong:
+        raise RunError(f"weights do not match the config: {source} holds {_knobs(held, wrong)}, "
+                       f".hydra/config.yaml says {_knobs(said, wrong)}")
+    if source in _FINAL:
+        return ""
+    return f"{missed}; analysed from {source} instead" if missed else f"analysed from {source}"
 
 
-def _mtime(path: Path) -> float | None:
-    """None for a missing file (or one a live job is just replacing)."""
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return None
+def _shape(weights: tuple[Tensor, Tensor] | dict[str, Tensor]) -> dict[str, int]:
+    """The config knobs that stacked weights fix: p, the family's widths, members."""
+    if isinstance(weights, dict):  # a transformer's
+        members, n_heads, d_model, d_head = weights["W_Q"].shape
+        return {"p": weights["W_U"].shape[-1], "d_model": d_model, "n_heads": n_heads, "d_head": d_head,
+                "d_mlp": weights["W_in"].shape[-1], "members": members}
+    fc1, fc2 = weights
+    return {"p": fc2.shape[1], "hidden": fc1.shape[1], "members": fc1.shape[0]}
+
+
+def _knobs(values: Mapping[str, Any], keys: Sequence[str]) -> str:
+    return ", ".join(f"{k}={values[k]}" for k in keys)
 
 
 def _load_file_run(path: Path) -> Run:
@@ -211,19 +332,16 @@ def _load_file_run(path: Path) -> Run:
     overrides = _read_overrides(job) if job else {}
     try:
         obj = _torch_load(path)
-        if _is_transformer(obj):
-            W_U = _transformer_weights(obj, path)["W_U"]
-            model = (config or {}).get("model")
-            shape = {"p": W_U.shape[-1], "members": W_U.shape[0],
-                     "model": {**(model if isinstance(model, dict) else {}), "family": "transformer"}}
-        else:
-            fc1, fc2 = _seed_weights(obj, path)
-            shape = {"p": fc2.shape[1], "hidden": fc1.shape[1], "members": fc1.shape[0]}
+        transformer = _is_transformer(obj)
+        shape = _shape((_transformer_weights if transformer else _seed_weights)(obj, path))
     except RunError as err:
         return Run(path, config or {}, overrides, [], {}, "unreadable", f"no usable weights: {err}")
+    if transformer:
+        model = (config or {}).get("model")
+        shape["model"] = {**(model if isinstance(model, dict) else {}), "family": "transformer"}
     if config is None:
         config = _plain(obj.get("hyper_parameters", {}))
-    return Run(path, {**config, **shape}, overrides, [], {}, "ok", "")
+    return Run(path, {**config, **shape}, overrides, [], {}, "ok", "", analysable=True)
 
 
 def _is_transformer(obj: Any) -> bool:
@@ -233,7 +351,8 @@ def _is_transformer(obj: Any) -> bool:
 
 
 def _read_config(job: Path) -> tuple[dict | None, str]:
-    """The plain config dict, or None and why not."""
+    """The plain config dict and "", or why it is unusable: then None if it could not be read,
+    the config if a value is out of range (`modadd.config.validate`, the check train.py makes)."""
     path = job / ".hydra" / "config.yaml"
     if not path.is_file():
         return None, "no .hydra/config.yaml"
@@ -243,6 +362,12 @@ def _read_config(job: Path) -> tuple[dict | None, str]:
         return None, f"config unreadable: .hydra/config.yaml: {_one_line(err)}"
     if not isinstance(config, dict):
         return None, "config unreadable: .hydra/config.yaml is not a mapping"
+    try:
+        validate(OmegaConf.create(config), check_init=False)
+    except ConfigError as err:
+        return config, f"config invalid: .hydra/config.yaml: {err}"
+    except Exception as err:  # noqa: BLE001 - validate takes a composed config: a key missing, an interpolation broken
+        return config, f"config invalid: .hydra/config.yaml: {_one_line(err)}"
     return config, ""
 
 
@@ -252,8 +377,10 @@ def _read_overrides(job: Path) -> dict[str, str]:
         items = OmegaConf.to_container(OmegaConf.load(job / ".hydra" / "overrides.yaml"))
     except Exception:
         return {}
-    if not isinstance(items, list):
-        return {}
+    return _overrides(items) if isinstance(items, list) else {}
+
+
+def _overrides(items: Sequence[Any]) -> dict[str, str]:
     return {k: v for k, _, v in (str(item).partition("=") for item in items)}
 
 
@@ -380,9 +507,3 @@ def _one_line(err: object) -> str:
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
-
-def _duration(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.0f} {unit}"
-    return f"{seconds:.0f} s"

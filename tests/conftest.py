@@ -27,9 +27,9 @@ def run_script(script: str, *args: str, check: bool = True, timeout: float = 300
     return proc
 
 
-def wandb_inspect(job_dir: Path) -> dict:
-    """What reached W&B, read back from the offline run with W&B's own tool."""
-    run_dir = next((job_dir / "wandb").glob("offline-run-*"))
+def wandb_inspect(job_dir: Path, run_dir: Path | None = None) -> dict:
+    """What reached W&B, read back from the (first, or given) offline run with W&B's own tool."""
+    run_dir = run_dir or next((job_dir / "wandb").glob("offline-run-*"))
     summary = json.loads(subprocess.run(
         ["wandb", "leet", "inspect", "--summary", "--json", str(run_dir)],
         capture_output=True, text=True, check=True).stdout)

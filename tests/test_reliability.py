@@ -82,3 +82,28 @@ def test_wandb_online_without_an_account_falls_back_to_offline_and_trains(tmp_ou
     assert "W&B online mode could not start" in proc.stdout + proc.stderr and "wandb sync" in proc.stdout + proc.stderr
     assert json.loads((run / "summary.json").read_text())["status"] == "ok"
     assert wandb_inspect(run)["state"] == "finished"
+
+
+@pytest.mark.slow
+def test_wandb_unreachable_server_gives_the_reason_and_leaves_no_orphan_run(tmp_out):
+    run = tmp_out / "run"
+    env = {**os.environ, "WANDB_MODE": "online", "WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9",
+           "HOME": str(tmp_out), "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "p=7", "hidden=8", "epochs=2", "+logger.wandb.init_timeout=5",
+                           f"hydra.run.dir={run}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    warning = next(line for line in (proc.stdout + proc.stderr).splitlines() if "could not start" in line)
+    assert "CommError" in warning and "127.0.0.1:9" in warning and "<no message>" not in warning
+    assert not list((run / "wandb").glob("run-*"))  # the online run that never started
+    assert wandb_inspect(run)["state"] == "finished"
+
+
+def test_no_library_log_lines_on_the_console_with_home_unset(tmp_out):
+    """W&B's service printed ~20 of its own log lines when it found no cache dir."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HOME", "XDG_CACHE_HOME")}
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "p=7", "hidden=8", "epochs=2", f"hydra.run.dir={tmp_out / 'run'}"],
+                          cwd=ROOT, env={**env, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    foreign = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip() and not line.startswith("[")]
+    assert not foreign, foreign  # every console line is one of Hydra's log records

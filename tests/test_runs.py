@@ -5,15 +5,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from modadd.runs import Run, RunError, find_jobs, load_run, load_weights
+from modadd.runs import Run, RunError, find_jobs, load_run, load_weights, unstarted_jobs
 
-from conftest import run_script
+from conftest import ROOT, run_script
 
 SMALL = ["p=7", "hidden=8", "epochs=3", "logger=csv"]
 
@@ -41,15 +46,44 @@ def copy(job: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(job, tmp_path / job.name))
 
 
-def set_age(job: Path, seconds: float) -> None:
-    """Make every file of the job last written `seconds` ago."""
-    t = time.time() - seconds
-    for f in job.rglob("*"):
-        os.utime(f, (t, t))
+@contextmanager
+def holding(run_dir: Path) -> Iterator[int]:
+    """A live process that holds the job's lock, as a training job does; yields its PID and kills it."""
+    code = f"from modadd.lock import acquire; import time; l = acquire({str(run_dir)!r}); print('ok', flush=True); time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ok\n"
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def transformer_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("runs") / "transformer"
+    run_script("train.py", "model=transformer", "p=7", "d_model=8", "n_heads=2", "d_head=4", "d_mlp=16", "epochs=2",
+               "logger=csv", f"hydra.run.dir={path}")
+    return path
 
 
 def write_summary(job: Path, summary: dict) -> None:
     (job / "summary.json").write_text(json.dumps(summary))
+
+
+def ended(job: Path, tmp_path: Path, **fields: object) -> Path:
+    """A copy of the finished job whose summary.json says it ended otherwise (`fields` replace its own)."""
+    run_dir = copy(job, tmp_path)
+    write_summary(run_dir, {**json.loads((job / "summary.json").read_text()), **fields})
+    return run_dir
+
+
+def edit_config(job: Path, edit: Callable[[dict], object]) -> None:
+    """Apply `edit` to the job's recorded config (.hydra/config.yaml)."""
+    path = job / ".hydra" / "config.yaml"
+    config = OmegaConf.to_container(OmegaConf.load(path))
+    edit(config)
+    OmegaConf.save(OmegaConf.create(config), path)
 
 
 def assert_one_line_error(path: Path, *words: str) -> None:
@@ -125,14 +159,34 @@ def test_diverged_summary_is_diverged(job, tmp_path):
     assert load_run(run_dir).reason == "diverged: final loss not finite"
 
 
-def test_killed_job_without_summary_is_incomplete(job, tmp_path):
+def test_killed_job_without_summary_is_incomplete_and_analysed_from_its_checkpoint(job, tmp_path):
     run_dir = copy(job, tmp_path)
     (run_dir / "summary.json").unlink()
-    set_age(run_dir, 600)
     run = load_run(run_dir)
-    assert run.status == "incomplete" and run.summary == {}
-    assert run.reason == "no summary.json: stopped after 3 epochs, last write 10 min ago"
+    assert (run.status, run.summary, run.analysable) == ("incomplete", {}, True)
+    assert run.reason == "no summary.json: stopped after 3 epochs (killed?): resumes with the same command"
+    (run_dir / "model.pt").unlink()  # killed before the end: only the checkpoint
+    assert load_run(run_dir).reason.endswith("resumes with the same command; analysed from checkpoints/last.ckpt (epoch 2)")
     assert load_weights(run)[0].shape == (1, 8, 14)
+
+
+def test_interrupted_job_is_analysed_from_its_checkpoint(job, tmp_path):
+    run_dir = ended(job, tmp_path, status="interrupted", signal="SIGTERM")
+    (run_dir / "model.pt").unlink()
+    run = load_run(run_dir)
+    assert (run.status, run.analysable) == ("interrupted", True)
+    assert run.reason == ("interrupted by SIGTERM after 3 epochs: resumes with the same command; "
+                          "analysed from checkpoints/last.ckpt (epoch 2)")
+    (run_dir / "checkpoints" / "last.ckpt").unlink()  # stopped before its first checkpoint
+    run = load_run(run_dir)
+    assert (run.status, run.analysable) == ("interrupted", False) and run.reason.endswith("no checkpoint yet, nothing to analyse")
+
+
+def test_job_whose_wandb_run_failed_is_analysable_but_not_ok(job, tmp_path):
+    run = load_run(ended(job, tmp_path, status="wandb_failed", wandb_error="CommError: network is unreachable\n  retry"))
+    assert (run.status, run.analysable) == ("wandb_failed", True)
+    assert run.reason == ("the W&B run did not close cleanly (CommError: network is unreachable): the model is complete; "
+                          "rerunning the same command logs it again")
 
 
 @pytest.mark.parametrize("content", ["", "epoch,train/loss,train/acc,val/loss,val/acc\n"])
@@ -141,35 +195,31 @@ def test_killed_job_with_no_epochs_is_incomplete(job, tmp_path, content):
     for name in ("summary.json", "model.pt", "checkpoints/last.ckpt"):
         (run_dir / name).unlink()
     (run_dir / "metrics.csv").write_text(content)
-    set_age(run_dir, 600)
     run = load_run(run_dir)
-    assert (run.status, run.reason, run.metrics) == ("incomplete", "no epochs recorded", [])
+    assert (run.status, run.reason, run.metrics, run.analysable) == ("incomplete", "no epochs recorded", [], False)
 
 
-def test_job_without_summary_written_to_recently_is_running(job, tmp_path):
+@pytest.mark.parametrize("content", ["", "epoch,train/loss,train/acc,val/loss,val/acc\n"])
+def test_finished_job_with_empty_metrics_says_so(job, tmp_path, content):
     run_dir = copy(job, tmp_path)
-    (run_dir / "summary.json").unlink()
-    set_age(run_dir, 600)
-    os.utime(run_dir / "checkpoints" / "last.ckpt")  # the epoch just saved
+    (run_dir / "metrics.csv").write_text(content)
     run = load_run(run_dir)
-    assert run.status == "running" and run.reason.startswith("running: 3 epochs so far, last write ")
-    assert load_run(run_dir, running_window=0).status == "incomplete"
-    assert load_run(run_dir, running_window=1200).status == "running"
+    assert (run.status, run.analysable) == ("ok", True)  # the weights are complete
+    assert run.reason == "metrics.csv has no rows (summary.json: 3 epochs run): no curves"
 
 
-def test_resumed_job_writing_after_its_old_summary_is_running(job, tmp_path):
+@pytest.mark.parametrize("summary", [None, {"status": "failed", "error": "KeyboardInterrupt: "}], ids=["first run", "resumed"])
+def test_job_whose_lock_a_live_process_holds_is_running_whatever_its_files_say(job, tmp_path, summary):
     run_dir = copy(job, tmp_path)
-    write_summary(run_dir, {"status": "failed", "error": "KeyboardInterrupt: "})
-    set_age(run_dir, 600)
-    assert load_run(run_dir).status == "failed"
-    os.utime(run_dir / "metrics.csv")  # relaunched into the same dir: a new epoch row
-    assert load_run(run_dir).status == "running"
-
-
-def test_fresh_finished_job_is_not_running(job, tmp_path):
-    run_dir = copy(job, tmp_path)
-    set_age(run_dir, 0)  # all written this second; summary.json is not older than the rest
-    assert load_run(run_dir).status == "ok"
+    if summary is None:
+        (run_dir / "summary.json").unlink()
+    else:
+        write_summary(run_dir, summary)  # an earlier attempt's: the dir's new holder is running it again
+    with holding(run_dir) as pid:
+        run = load_run(run_dir)
+        assert (run.status, run.analysable) == ("running", False)
+        assert run.reason.startswith(f"running: PID {pid} on {socket.gethostname()} (since ") and run.reason.endswith(", 3 epochs so far")
+    assert load_run(run_dir).status == ("incomplete" if summary is None else "failed")  # its holder is gone, however recent its files
 
 
 @pytest.mark.parametrize(
@@ -190,6 +240,80 @@ def test_corrupt_config_or_summary_is_unreadable(job, tmp_path, damage, reason):
     assert len(run.metrics) == 3  # what could be read is still there
 
 
+@pytest.mark.parametrize(
+    "edit, reason",
+    [
+        (lambda c: c.update(p="abc"), "config invalid: .hydra/config.yaml: p='abc' is invalid: p must be an integer >= 2"),
+        (lambda c: c.update(hidden=0), "config invalid: .hydra/config.yaml: hidden=0 is invalid: hidden must be an integer >= 1"),
+        (lambda c: c.update(train_fraction=1.5), "config invalid: .hydra/config.yaml: train_fraction=1.5 is invalid: "),
+        (lambda c: c.pop("p"), "config invalid: .hydra/config.yaml: ConfigAttributeError: Missing key p"),
+    ],
+    ids=["p=abc", "hidden=0", "train_fraction=1.5", "no p"],
+)
+def test_config_out_of_range_is_unreadable_with_the_check_train_py_makes(job, tmp_path, edit, reason):
+    run_dir = copy(job, tmp_path)
+    edit_config(run_dir, edit)
+    run = load_run(run_dir)
+    assert (run.status, run.analysable) == ("unreadable", False) and run.reason.startswith(reason) and "\n" not in run.reason
+
+
+@pytest.mark.parametrize(
+    "knob, value, reason",
+    [
+        ("p", 11, "weights do not match the config: model.pt holds p=7, .hydra/config.yaml says p=11"),
+        ("hidden", 9, "weights do not match the config: model.pt holds hidden=8, .hydra/config.yaml says hidden=9"),
+        ("members", 2, "weights do not match the config: checkpoints/last.ckpt (epoch 2) holds members=1, "
+                       ".hydra/config.yaml says members=2"),
+    ],
+)
+def test_weights_of_another_shape_than_the_config_are_unreadable(job, tmp_path, knob, value, reason):
+    run_dir = copy(job, tmp_path)
+    edit_config(run_dir, lambda c: c.update({knob: value}))
+    run = load_run(run_dir)
+    assert (run.status, run.reason, run.analysable) == ("unreadable", reason, False)
+
+
+@pytest.mark.slow  # trains a transformer
+def test_transformer_weights_of_another_width_than_the_config_are_unreadable(transformer_job, tmp_path):
+    assert (load_run(transformer_job).status, load_run(transformer_job).analysable) == ("ok", True)
+    run_dir = copy(transformer_job, tmp_path)
+    edit_config(run_dir, lambda c: c.update(d_model=16))
+    run = load_run(run_dir)
+    assert (run.status, run.reason) == ("unreadable", "weights do not match the config: model.pt holds d_model=8, "
+                                                      ".hydra/config.yaml says d_model=16")
+
+
+def test_jobs_of_a_sweep_that_have_no_dir_are_not_started(sweep, tmp_path):
+    root = Path(shutil.copytree(sweep, tmp_path / "sweep"))
+    gone = root / "epochs=3,hidden=8,members=2,p=7"
+    shutil.rmtree(gone)
+    runs = [load_run(j) for j in find_jobs(root)]
+    [missing] = unstarted_jobs(root, runs)
+    assert (missing.path, missing.status, missing.reason, missing.analysable) == (
+        gone, "not started", "no job dir: the sweep stopped before this job", False)
+    assert missing.overrides == {"p": "7", "hidden": "8", "epochs": "3", "logger": "csv", "members": "2"}
+    assert (missing.p, missing.hidden, missing.members) == (7, 8, 2)
+    with holding(runs[0].path):  # another job of the sweep still runs: the sweep may yet get there
+        assert unstarted_jobs(root, [load_run(j) for j in find_jobs(root)])[0].reason == (
+            "no job dir: the sweep is still running other jobs")
+    gone.mkdir()
+    with holding(gone):  # just started: its lock taken, its .hydra/ not written yet
+        assert find_jobs(root)[-1] == gone and load_run(gone).status == "running"
+    (gone / ".lock").unlink()
+    assert unstarted_jobs(root, runs)[0].reason == "its dir holds no .hydra/config.yaml: the job stopped before it began"
+
+
+def test_sweep_whose_dirs_are_not_named_by_their_overrides_counts_its_missing_jobs(sweep, tmp_path):
+    root = Path(shutil.copytree(sweep, tmp_path / "sweep"))
+    multirun = root / "multirun.yaml"
+    multirun.write_text(multirun.read_text().replace("subdir: ${hydra.job.override_dirname}", "subdir: ${hydra.job.num}"))
+    runs = [load_run(root / "epochs=3,hidden=8,members=1,p=7")]
+    [missing] = unstarted_jobs(root, runs)
+    assert (missing.path.name, missing.status) == ("1 of 2 jobs", "not started")
+    assert missing.reason.startswith("1 of the sweep's 2 jobs have no job dir: the sweep stopped before them (")
+    assert unstarted_jobs(root, [load_run(j) for j in find_jobs(root)]) == []
+
+
 @pytest.mark.parametrize("keep_summary", [True, False])
 def test_truncated_checkpoint_and_no_model_pt_is_unreadable(job, tmp_path, keep_summary):
     run_dir = copy(job, tmp_path)
@@ -198,7 +322,6 @@ def test_truncated_checkpoint_and_no_model_pt_is_unreadable(job, tmp_path, keep_
     ckpt.write_bytes(ckpt.read_bytes()[:1000])
     if not keep_summary:
         (run_dir / "summary.json").unlink()
-    set_age(run_dir, 600)
     run = load_run(run_dir)
     assert run.status == "unreadable" and "\n" not in run.reason
     assert run.reason.startswith(f"no usable weights in {run_dir}: no model.pt or model_m*.pt; ")
@@ -210,10 +333,12 @@ def test_missing_path_is_unreadable_not_an_exception(tmp_path):
     assert (run.status, run.reason, run.config, run.p) == ("unreadable", "no .hydra/config.yaml", {}, None)
 
 
-def test_torn_last_metrics_row_is_skipped(job, tmp_path):
+@pytest.mark.parametrize("torn", ["3,1.9e", "3,1.9", "3,1.9\n", "3,1.9,0.1,2.0,0.1,4,1.8,0.2,1.9,0.2\n"],
+                         ids=["torn number", "fewer fields", "fewer fields, whole line", "two rows run together"])
+def test_torn_last_metrics_row_is_skipped(job, tmp_path, torn):
     run_dir = copy(job, tmp_path)
     with (run_dir / "metrics.csv").open("a") as f:
-        f.write("3,1.9e")
+        f.write(torn)
     assert [r["epoch"] for r in load_run(run_dir).metrics] == [0, 1, 2]
 
 
@@ -252,6 +377,10 @@ def test_missing_or_corrupt_final_files_fall_back_to_the_checkpoint(job, job2, t
     broken = copy(job, tmp_path)
     (broken / "model.pt").write_bytes(b"garbage")
     assert [torch.equal(a, b) for a, b in zip(load_weights(broken), load_weights(job))] == [True, True]
+    run = load_run(broken)  # finished, so analysed, and the reason says from what
+    assert (run.status, run.analysable) == ("ok", True)
+    assert run.reason == ("model.pt: truncated or not a torch file (no complete zip archive, which torch.save writes); "
+                          "analysed from checkpoints/last.ckpt (epoch 2) instead")
     mixed = copy(job2, tmp_path / "mixed")
     torch.save({"fc1.weight": torch.zeros(4, 14), "fc2.weight": torch.zeros(7, 4)}, mixed / "model_m1.pt")
     assert [torch.equal(a, b) for a, b in zip(load_weights(mixed), load_weights(job2))] == [True, True]
