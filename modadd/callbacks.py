@@ -216,7 +216,7 @@ class FitStats(Callback):
         self.train_rows = a * module.hparams.p + b if a is not None else None  # the excluded loss's training pairs
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        epoch, last = trainer.current_epoch, trainer.current_epoch + 1 == trainer.max_epochs or trainer.should_stop
+        epoch, last = trainer.current_epoch, ends_run(trainer)
         if not (epoch % self.every == 0 or last):
             return
         self.snapshots.append((epoch, module.net.W_in.detach().clone(), module.net.W_out.detach().clone()))
@@ -344,7 +344,7 @@ class ProgressStats(Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         epoch = trainer.current_epoch
-        if not (epoch % self.every == 0 or epoch + 1 == trainer.max_epochs or trainer.should_stop):
+        if not (epoch % self.every == 0 or ends_run(trainer)):
             return
         measures = module.progress_measures()
         values = torch.stack([v.double() for v in measures.values()], dim=1).tolist()  # (K, measures): one sync
@@ -356,6 +356,13 @@ class ProgressStats(Callback):
             epoch_log.add(epoch, row)
         else:
             module.epoch_metrics.update(row)
+
+
+def ends_run(trainer: L.Trainer) -> bool:
+    """Whether this epoch ends the run for good, so its statistics are taken whatever their
+    period: the last epoch, or a stop for divergence, not a signal's (the run resumes from it
+    and must log as if it never stopped)."""
+    return trainer.current_epoch + 1 == trainer.max_epochs or trainer.should_stop and signals.received() is None
 
 
 def _epoch_log(trainer: L.Trainer) -> EpochLog | None:

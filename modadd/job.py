@@ -73,7 +73,7 @@ def _run(cfg: DictConfig, out: Path) -> float:
     with signals.deferred():
         summary = _fit(cfg, out)
     if signals.received() is not None:  # stopped by it, or finished all the same: either way stop here
-        raise SystemExit(signals.exit_code(signals.received()))
+        signals.stop(signals.received())
     return summary["final"].get("val/acc", math.nan)
 
 
@@ -196,7 +196,7 @@ def _ending(cfg: DictConfig, out: Path, error: BaseException | None, trainer: L.
     if signals.received() is not None and (error is not None or len(rows) < cfg.epochs):
         name = signals.name(signals.received())
         log.warning("interrupted by %s after %d of %d epochs: run the same command to continue%s",
-                    name, len(rows), cfg.epochs, _continue_from(trainer))
+                    signals.describe(signals.received()), len(rows), cfg.epochs, _continue_from(trainer))
         return {**summary, "status": "interrupted", "signal": name}
     if error is not None:
         return {"status": "failed", "error": f"{type(error).__name__}: {error}"}

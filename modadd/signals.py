@@ -11,10 +11,12 @@ save, so a signal stops the process at once (`Interrupted`), and so does a secon
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
 log = logging.getLogger("modadd")
 
@@ -32,6 +34,7 @@ class Interrupted(BaseException):
 class _State:
     received: int | None = None  # the first signal of the job, if any
     deferring: bool = False
+    requeue: tuple[int, object] | None = None  # submitit's requeue signal and its handler
 
 
 STATE = _State()
@@ -39,11 +42,36 @@ STATE = _State()
 
 def install() -> None:
     """Route SIGINT and SIGTERM through `_handle`, except one the process was started ignoring
-    (as Python does for SIGINT: a shell's background job is not meant to get the terminal's Ctrl-C)."""
-    if threading.current_thread() is threading.main_thread():
-        for signum in HANDLED:
-            if signal.getsignal(signum) is not signal.SIG_IGN:
-                signal.signal(signum, _handle)
+    (as Python does for SIGINT: a shell's background job is not meant to get the terminal's Ctrl-C).
+
+    In a job of the submitit launchers (Slurm), submitit's requeue signal (USR2: preemption, or
+    the time limit near) is routed through `_handle` as well, and SIGTERM is left to submitit,
+    which ignores it in favour of that signal: the job stops at the end of an epoch and then
+    submitit's own handler requeues it, to resume from the checkpoint.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    requeue = _submitit_signal()
+    for signum in HANDLED:
+        if signal.getsignal(signum) is not signal.SIG_IGN and not (requeue and signum == signal.SIGTERM):
+            signal.signal(signum, _handle)
+    if requeue and signal.getsignal(requeue) is not _handle:
+        STATE.requeue = (requeue, signal.getsignal(requeue))
+        signal.signal(requeue, _handle)
+
+
+def _submitit_signal() -> int | None:
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return None
+    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
+
+
+def stop(signum: int) -> NoReturn:
+    """End the job for `signum`, once its files are written: submitit's requeue signal goes on to
+    submitit's handler (which requeues the job and exits), any other exits 128 + its number."""
+    if STATE.requeue is not None and signum == STATE.requeue[0] and callable(STATE.requeue[1]):
+        STATE.requeue[1](signum, None)
+    raise SystemExit(exit_code(signum))
 
 
 def received() -> int | None:
@@ -53,6 +81,12 @@ def received() -> int | None:
 
 def name(signum: int) -> str:
     return signal.Signals(signum).name
+
+
+def describe(signum: int) -> str:
+    """The signal's name, and what it means where it is not plain."""
+    requeued = STATE.requeue is not None and signum == STATE.requeue[0]
+    return name(signum) + (" (Slurm preemption or time limit: submitit requeues the job)" if requeued else "")
 
 
 def exit_code(signum: int) -> int:
@@ -71,6 +105,8 @@ def deferred() -> Iterator[None]:
 
 
 def _handle(signum: int, frame: object) -> None:
+    if not STATE.deferring and STATE.requeue is not None and signum == STATE.requeue[0]:
+        stop(signum)  # nothing to save: requeue at once
     if STATE.deferring and STATE.received is None:
         STATE.received = signum
         log.warning("%s received: stopping at the end of this epoch, after its checkpoint (send it again to stop "

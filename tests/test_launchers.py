@@ -2,8 +2,11 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -42,6 +45,28 @@ def test_submitit_local_sweep_takes_the_slurm_path(tmp_out):
     for job in jobs:
         assert json.loads((job / "summary.json").read_text())["status"] == "ok"
         assert (job / "model.pt").exists()
+
+
+def test_submitit_job_preempted_is_requeued_and_resumes_from_its_checkpoint(tmp_out):
+    """Slurm preempts (or nears a job's time limit) with USR2 through submitit: the job stops at
+    the end of an epoch, says so, and submitit requeues it; the requeued job finishes the run."""
+    sweep = tmp_out / "sweep"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=submitit_local", "p=23", "hidden=32",
+                             "epochs=400", "logger=csv", f"hydra.sweep.dir={sweep}"], cwd=ROOT,
+                            env={**os.environ, "WANDB_MODE": "offline"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    job = sweep / "epochs=400,hidden=32,p=23"
+    deadline = time.time() + 300
+    while not ((job / "metrics.csv").exists() and len((job / "metrics.csv").read_text().splitlines()) > 50):
+        assert time.time() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else "no rows"
+        time.sleep(0.05)
+    task = next(int(p.parent.name) for p in Path("/proc").glob("[0-9]*/cmdline")
+                if b"submitit.core._submit" in p.read_bytes() and str(sweep).encode() in p.read_bytes())
+    os.kill(task, signal.SIGUSR2)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    log = (job / "train.log").read_text()
+    assert "interrupted by SIGUSR2" in log and "submitit requeues the job" in log and "resuming from" in log
+    assert [int(r.split(",")[0]) for r in (job / "metrics.csv").read_text().splitlines()[1:]] == list(range(400))
+    assert json.loads((job / "summary.json").read_text())["status"] == "ok"
 
 
 def test_slurm_preset_composes():
