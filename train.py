@@ -30,6 +30,8 @@ if __name__ == "__main__":
         preflight(argv)  # every job's config and dir, before any directory or W&B run exists
         sys.argv[1:] = argv
         main()
+        if signals.received() is not None:  # a sweep whose workers stopped on it
+            sys.exit(signals.exit_code(signals.received()))
     except ConfigError as err:
         sys.exit(f"error: {err}")
     except signals.Interrupted as stop:

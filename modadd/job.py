@@ -55,8 +55,10 @@ def train(cfg: DictConfig) -> float:
     except rundir.RunDirError as err:
         print(f"error: {err}", file=sys.stderr)  # not logged: this dir's train.log is its holder's
         raise SystemExit(1) from None
-    except WriteError as err:  # writing .hydra/
-        print(f"error: {err}", file=sys.stderr)
+    except OSError as err:  # before training: the lock, .hydra/ on a full or read-only disk
+        if _disk_error(err) is None:
+            raise
+        print(f"error: {_disk_error(err)}", file=sys.stderr)
         raise SystemExit(1) from None
 
 
@@ -64,6 +66,9 @@ def _run(cfg: DictConfig, out: Path) -> float:
     validate(cfg, check_init=not _checkpoint(out).exists())  # a resumed job starts from its checkpoint
     torch.set_num_threads(torch_threads(cfg))
     log.info("job %s: %d torch thread(s)", out, torch.get_num_threads())
+    if signals.received() is not None:  # an earlier job of this worker process was stopped by it
+        log.warning("not started: this worker received %s (the sweep is stopping)", signals.name(signals.received()))
+        return math.nan
     done = _finished(out, cfg.epochs)
     if done is not None:
         log.info("%s already finished (%s): skipped", out, done["status"])
@@ -72,8 +77,8 @@ def _run(cfg: DictConfig, out: Path) -> float:
         stale.unlink(missing_ok=True)
     with signals.deferred():
         summary = _fit(cfg, out)
-    if signals.received() is not None:  # stopped by it, or finished all the same: either way stop here
-        signals.stop(signals.received())
+    if signals.received() is not None and "joblib" not in str(HydraConfig.get().launcher.get("_target_", "")):
+        signals.stop(signals.received())  # and the sweep with it; a joblib worker returns, lest its siblings be killed mid-write
     return summary["final"].get("val/acc", math.nan)
 
 

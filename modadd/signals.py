@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NoReturn
 
+from hydra.experimental.callback import Callback
+
 log = logging.getLogger("modadd")
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
@@ -32,8 +34,9 @@ class Interrupted(BaseException):
 
 
 class _State:
-    received: int | None = None  # the first signal of the job, if any
+    received: int | None = None  # the first signal of this process, if any
     deferring: bool = False
+    sweep: bool = False  # this process waits for a sweep's workers
     requeue: tuple[int, object] | None = None  # submitit's requeue signal and its handler
 
 
@@ -58,6 +61,17 @@ def install() -> None:
     if requeue and signal.getsignal(requeue) is not _handle:
         STATE.requeue = (requeue, signal.getsignal(requeue))
         signal.signal(requeue, _handle)
+
+
+class SweepSignals(Callback):
+    """A Hydra callback: while a launcher runs a sweep's jobs in other processes (joblib,
+    submitit), this process only notes a signal, so as not to kill the workers mid-write; they
+    get the signal too (a terminal's Ctrl-C and Slurm signal every process of the job), stop at
+    their epoch's end and the sweep ends with them. `train.py` exits 128 + its number after."""
+
+    def on_multirun_start(self, config: object, **kwargs: object) -> None:
+        if "BasicLauncher" not in str(config.hydra.launcher.get("_target_", "")):  # jobs in this process handle their own
+            STATE.received, STATE.deferring, STATE.sweep = None, True, True
 
 
 def _submitit_signal() -> int | None:
@@ -96,8 +110,9 @@ def exit_code(signum: int) -> int:
 
 @contextmanager
 def deferred() -> Iterator[None]:
-    """Within: a first signal is noted, for the training loop to stop at the epoch's end."""
-    STATE.received, STATE.deferring = None, True
+    """Within: a first signal is noted, for the training loop to stop at the epoch's end (a
+    signal noted before, by an earlier job of this worker process, stays noted)."""
+    STATE.deferring = True
     try:
         yield
     finally:
@@ -109,8 +124,11 @@ def _handle(signum: int, frame: object) -> None:
         stop(signum)  # nothing to save: requeue at once
     if STATE.deferring and STATE.received is None:
         STATE.received = signum
-        log.warning("%s received: stopping at the end of this epoch, after its checkpoint (send it again to stop "
-                    "at once, from the last checkpoint)", name(signum))
+        if STATE.sweep:
+            log.warning("%s received: the sweep's running jobs stop at the end of their epoch", name(signum))
+        else:
+            log.warning("%s received: stopping at the end of this epoch, after its checkpoint (send it again to "
+                        "stop at once, from the last checkpoint)", name(signum))
         return
     STATE.received = STATE.received or signum
     raise Interrupted(signum)

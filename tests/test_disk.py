@@ -72,3 +72,18 @@ def test_wandb_log_cut_short_by_a_full_disk_is_recorded_and_a_rerun_logs_it_agai
     newest = max((run / "wandb").glob("offline-run-*"), key=lambda d: d.stat().st_mtime)
     w = wandb_inspect(run, newest)
     assert w["state"] == "finished" and w["step"] == 299  # every epoch, those before the rerun too
+
+
+def test_read_only_run_dir_is_one_line_and_leaves_it_as_it_was(small_disk):
+    disk, size = small_disk
+    size(2000)
+    run = disk / "run"
+    tiny = ["p=7", "hidden=8", "logger=csv", f"hydra.run.dir={run}"]
+    run_script("train.py", *tiny, "epochs=2")
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    proc = run_script("train.py", *tiny, "epochs=4", check=False)  # train it longer: it must write
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stdout + proc.stderr
+    assert lines[0] == f"error: Read-only file system: could not write {run / '.lock'}"
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before

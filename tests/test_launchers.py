@@ -69,6 +69,25 @@ def test_submitit_job_preempted_is_requeued_and_resumes_from_its_checkpoint(tmp_
     assert json.loads((job / "summary.json").read_text())["status"] == "ok"
 
 
+def test_ctrl_c_stops_every_job_of_a_joblib_sweep_at_its_epoch_end(tmp_out):
+    """The terminal sends Ctrl-C to every process; the parent waits for its workers (it used to
+    kill them mid-write, leaving a job with no summary.json)."""
+    sweep = tmp_out / "sweep"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=local", "p=23", "hidden=32",
+                             "epochs=1000", "seed=1,2", "logger=csv", f"hydra.sweep.dir={sweep}"], cwd=ROOT,
+                            env={**os.environ, "WANDB_MODE": "offline"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while not (len(m := list(sweep.glob("*/metrics.csv"))) == 2 and all(len(f.read_text().splitlines()) > 30 for f in m)):
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=300) == 130
+    for job in _jobs(sweep):
+        summary = json.loads((job / "summary.json").read_text())
+        assert summary["status"] == "interrupted" and summary["epochs_run"] < 1000
+
+
 def test_slurm_preset_composes():
     out = run_script("train.py", "hydra/launcher=slurm", "--cfg", "hydra", "--package", "hydra.launcher").stdout
     for field in ("SlurmLauncher", "partition", "gpus_per_node: 1", "timeout_min: 240", "mem_gb: 16"):

@@ -170,3 +170,7 @@ def test_sigterm_stops_a_sweep_and_exits_143(tmp_out):
     assert proc.wait(timeout=120) == 143
     assert json.loads((first / "summary.json").read_text())["status"] == "interrupted"
     assert not (sweep / "epochs=400,hidden=32,p=23,seed=2").exists()  # the sweep stopped with its job
+    run_script("analyze.py", str(sweep), "--orders", "1", "--draws", "1", "--neurons", "16")
+    rows = {r["job"]: r for r in read_csv(sweep / "analysis" / "summary.csv")}
+    assert rows[first.name]["status"] == "interrupted" and rows[first.name]["analysed"] == "True"
+    assert rows["epochs=400,hidden=32,p=23,seed=2"]["status"] == "not started"
