@@ -174,3 +174,17 @@ def test_sigterm_stops_a_sweep_and_exits_143(tmp_out):
     rows = {r["job"]: r for r in read_csv(sweep / "analysis" / "summary.csv")}
     assert rows[first.name]["status"] == "interrupted" and rows[first.name]["analysed"] == "True"
     assert rows["epochs=400,hidden=32,p=23,seed=2"]["status"] == "not started"
+
+
+def test_how_a_job_runs_is_left_out_of_job_dir_names_and_of_its_identity():
+    """rundir.HOW and Hydra's exclude_keys must name the same knobs: a knob free to change in a
+    run dir must not rename the dir of a sweep's job either."""
+    from hydra import compose, initialize_config_dir
+
+    from modadd.config import CONF_DIR
+    from modadd.rundir import HOW
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", return_hydra_config=True)
+    excluded = set(cfg.hydra.job.config.override_dirname.exclude_keys) - {"hydra/launcher"}
+    assert excluded == set(HOW)
