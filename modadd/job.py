@@ -49,6 +49,9 @@ def train(cfg: DictConfig) -> float:
     quiet_libraries()
     logging.raiseExceptions = False  # a full disk fails the log file too: one line from us, not a traceback per record
     signals.install()  # also in a launcher's worker process
+    if signals.received() is not None:  # an earlier job of this worker process was stopped by it
+        log.warning("not started: this worker received %s (the sweep is stopping)", signals.name(signals.received()))
+        return math.nan
     try:
         with rundir.claim(out, cfg, hydra, list(hydra.overrides.task)):
             return _run(cfg, out)
@@ -66,9 +69,6 @@ def _run(cfg: DictConfig, out: Path) -> float:
     validate(cfg, check_init=not _checkpoint(out).exists())  # a resumed job starts from its checkpoint
     torch.set_num_threads(torch_threads(cfg))
     log.info("job %s: %d torch thread(s)", out, torch.get_num_threads())
-    if signals.received() is not None:  # an earlier job of this worker process was stopped by it
-        log.warning("not started: this worker received %s (the sweep is stopping)", signals.name(signals.received()))
-        return math.nan
     done = _finished(out, cfg.epochs)
     if done is not None:
         log.info("%s already finished (%s): skipped", out, done["status"])
@@ -157,19 +157,7 @@ def _fit(cfg: DictConfig, out: Path) -> dict:
     except BaseException as err:  # noqa: BLE001 - every ending is recorded
         error = err
     summary = _ending(cfg, out, error, trainer)
-    try:
-        for logger in trainer.loggers if trainer is not None else []:
-            if hasattr(logger.experiment, "summary"):
-                logger.experiment.summary.update({k: summary.get(k) for k in ("status", "grokking")})
-    except Exception as err:  # noqa: BLE001 - judged with the close below
-        summary["wandb_error"] = _one_line(err)
-    code = signals.exit_code(signals.received()) if signals.received() else int(summary["status"] not in ("ok", "diverged"))
-    last = summary["final"].get("epoch") if summary.get("final") else None
-    unclosed = finish_run(exit_code=code, last_step=last)
-    if unclosed or "wandb_error" in summary:
-        summary["wandb_error"] = summary.get("wandb_error") or f"the W&B run did not close cleanly: {unclosed}"
-        if summary["status"] in ("ok", "diverged"):
-            summary["status"] = "wandb_failed"
+    _close_tracking(summary, trainer)
     try:
         _write_summary(out, summary)
     except (OSError, WriteError) as err:
@@ -182,6 +170,23 @@ def _fit(cfg: DictConfig, out: Path) -> dict:
     if summary["status"] != "interrupted":
         log.info("done: %s", json.dumps({k: summary.get(k) for k in ("status", "grokking")}))
     return summary
+
+
+def _close_tracking(summary: dict, trainer: L.Trainer | None) -> None:
+    """Give the W&B run the job's ending and close it; a run that did not close cleanly turns
+    an `ok` or `diverged` job into `wandb_failed` (its model and metrics are whole)."""
+    try:
+        for logger in trainer.loggers if trainer is not None else []:
+            if hasattr(logger.experiment, "summary"):
+                logger.experiment.summary.update({k: summary.get(k) for k in ("status", "grokking")})
+    except Exception as err:  # noqa: BLE001 - judged with the close below
+        summary["wandb_error"] = _one_line(err)
+    code = signals.exit_code(signals.received()) if signals.received() else int(summary["status"] not in ("ok", "diverged"))
+    unclosed = finish_run(exit_code=code, last_step=summary.get("final", {}).get("epoch"))
+    if unclosed or "wandb_error" in summary:
+        summary["wandb_error"] = summary.get("wandb_error") or f"the W&B run did not close cleanly: {unclosed}"
+        if summary["status"] in ("ok", "diverged"):
+            summary["status"] = "wandb_failed"
 
 
 def _next_step(summary: dict, trainer: L.Trainer | None) -> str:
