@@ -37,7 +37,7 @@ from modadd.mlp import construct, experiments  # noqa: E402
 from modadd.data import labels, operation_pairs, split  # noqa: E402
 from modadd.grokking import grokking_epochs  # noqa: E402
 from modadd.files import WriteError, save_atomic, write_atomic, write_csv, writing  # noqa: E402
-from modadd.report import Section, Table, write_report  # noqa: E402
+from modadd.report import Section, Table, png_bytes, write_report  # noqa: E402
 from modadd.runs import (  # noqa: E402
     Run, RunError, find_jobs, load_run, load_transformer_weights, load_weights, unstarted_jobs,
 )
@@ -73,7 +73,7 @@ def analyze(path: str | Path, out: str | Path | None = None, settings: Settings 
     out = Path(out) if out else (path.parent if path.is_file() else path) / "analysis"
     sweep = len(jobs) != 1 or jobs[0] != path
     runs = [load_run(j) for j in jobs]
-    runs += unstarted_jobs(path, runs)
+    runs = in_sweep_order(runs + unstarted_jobs(path, runs))
     for run in runs:  # the experiments need a basis in which the task is addition
         if run.config.get("operation") == "x2xyy2" and run.family == "mlp" and run.analysable:
             run.status, run.analysable = "skipped", False
@@ -306,6 +306,21 @@ def summary_rows(runs: list[Run], units: list, results: dict) -> list[dict]:
     return rows
 
 
+def in_sweep_order(runs: list[Run]) -> list[Run]:
+    """The jobs ordered by their overrides' values (numerically where every job's value of that key is a
+    number: hidden 64, 100, 256, not the dir names' text order 100, 256, 64), the keys in the order of
+    Hydra's job names (its override dirname sorts the `key=value` items); jobs without a key come last."""
+    keys = sorted({k for r in runs for k in r.overrides}, key=lambda k: f"{k}=")
+    numeric = {k for k in keys if all(_number(r.overrides[k]) is not None for r in runs if k in r.overrides)}
+
+    def order(run: Run) -> list[tuple[bool, float | str]]:
+        values = run.overrides
+        return [(False, _number(values[k]) if k in numeric else values[k]) if k in values else (True, "")
+                for k in keys] + [(False, run.path.name)]
+
+    return sorted(runs, key=order)
+
+
 def _activation(run: Run) -> str:
     return run.config.get("activation", "relu")
 
@@ -356,19 +371,26 @@ def _neuron_rows(fits: fourier.NeuronFits) -> list[dict]:
 
 def _report_sections(rows: list[dict], runs: list[Run], units: list, results: dict, out: Path, sweep: bool) -> list[Section]:
     columns = list(dict.fromkeys(k for r in rows for k in r if k != "analysed"))
-    sections = [Section("Summary", text=f"{len(rows)} job(s); {sum(r['analysed'] for r in rows)} analysed.",
-                        tables=[Table(columns, [[r.get(c) for c in columns] for r in rows])],
-                        figures=_sweep_figures(rows, runs, out) if sweep else [])]
-    if len({r["family"] for r in rows if r["analysed"]}) > 1:
-        sections.append(_side_by_side(rows))
+    job_sections, shared = [], {}
     for run, k, unit_dir in units:
         res = results[(run.path, k)]
         if "reason" in res:
             continue
         text, tables = _transformer_text(res) if res.get("family") == "transformer" else _mlp_text(res)
         pngs = sorted(unit_dir.glob("*.png"))
-        sections.append(Section(_name(run.path, k, run.members or 1), text=text, tables=tables, figures=[(f.stem.replace("_", " "), str(f)) for f in pngs]))
-    return sections
+        cosine = unit_dir / "random_cosine.png"
+        if len(units) > 1 and cosine in pngs:  # one experiment per basis and activation: shown once, in the summary
+            pngs.remove(cosine)
+            caption = (f"random cosine networks, addition mod {_basis_size(run)}, {_activation(run)} (one experiment, "
+                       "shared by every job with this basis and activation)")
+            shared.setdefault(caption, str(cosine))
+        figures = [(f.stem.replace("_", " "), str(f)) for f in pngs]
+        job_sections.append(Section(_name(run.path, k, run.members or 1), text=text, tables=tables, figures=figures))
+    summary = Section("Summary", text=f"{len(rows)} job(s); {sum(r['analysed'] for r in rows)} analysed.",
+                      tables=[Table(columns, [[r.get(c) for c in columns] for r in rows])],
+                      figures=(_sweep_figures(rows, runs, out) if sweep else []) + list(shared.items()))
+    side_by_side = [_side_by_side(rows)] if len({r["family"] for r in rows if r["analysed"]}) > 1 else []
+    return [summary, *side_by_side, *job_sections]
 
 
 def _mlp_text(res: dict) -> tuple[str, list[Table]]:
@@ -414,7 +436,7 @@ def _side_by_side(rows: list[dict]) -> Section:
     columns = ["job", "family", "key_frequencies", "n_key_frequencies", "frac_same_freq", "phase_sum_error_median",
                "acc_key_frequencies_only", "acc_key_frequencies_removed", "grokking_train_epoch", "grokking_val_epoch",
                "val/acc"]
-    analysed = sorted((r for r in rows if r["analysed"]), key=lambda r: (r["family"], r["job"]))
+    analysed = sorted((r for r in rows if r["analysed"]), key=lambda r: r["family"])  # stable: sweep order within a family
     text = ("Which frequencies each network computes with, and how. For the MLP, the key frequencies are those of "
             "at least 5% of its neurons' cosine fits, and its algorithm shows as the phase-sum rule (each neuron's "
             "output phase is the sum of its input phases: a small median error). For the transformer they are the "
@@ -451,9 +473,11 @@ def _sweep_figures(rows: list[dict], runs: list[Run], out: Path) -> list[tuple[s
 
 
 def _save_figure(fig, path: Path) -> None:
-    """The figure as a PNG, written atomically (a full disk leaves no empty PNG), then closed."""
+    """The figure as the report's PNG (`report.png_bytes`), written atomically (a full disk leaves
+    no empty PNG), then closed."""
     try:
-        save_atomic(lambda tmp: fig.savefig(tmp, format="png", dpi=120), path, f"the figure {path.stem.replace('_', ' ')}")
+        png = png_bytes(fig)
+        save_atomic(lambda tmp: tmp.write_bytes(png), path, f"the figure {path.stem.replace('_', ' ')}")
     finally:
         plt.close(fig)
 

@@ -21,7 +21,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Colormap, LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from matplotlib.ticker import MaxNLocator, NullLocator, PercentFormatter
+from matplotlib.ticker import MaxNLocator, MultipleLocator, NullLocator, PercentFormatter
 
 from modadd.fourier import NeuronFits, clean_neurons, fit_neurons
 from modadd.grokking import grokking_epochs
@@ -35,6 +35,7 @@ METRIC_LABELS = {
     "train/acc": "training accuracy",
     "val/acc": "validation accuracy",
 }
+HEATMAP_LEVELS = 100  # a heatmap's colour scale: two, the greys of its text and the blends at its edges fit one PNG palette
 PI_TICKS = ([-math.pi, -math.pi / 2, 0, math.pi / 2, math.pi], ["$-\\pi$", "$-\\pi/2$", "0", "$\\pi/2$", "$\\pi$"])
 
 
@@ -80,6 +81,12 @@ def _column(rows: Sequence[Mapping[str, Any]], key: str) -> np.ndarray:
 def _sorted_rows(rows: Sequence[Mapping[str, Any]], key: str) -> list[Mapping[str, Any]]:
     """Rows that have `key`, sorted by it."""
     return sorted((r for r in rows if r.get(key) is not None), key=lambda r: r[key])
+
+
+def _scale(name: str) -> Colormap:
+    """The colour map `name` in `HEATMAP_LEVELS` levels: to the eye the same as its 256, and the
+    report keeps every one of them exactly (`report.png_bytes`)."""
+    return colormaps[name].resampled(HEATMAP_LEVELS)
 
 
 def _palette(n: int) -> list[tuple[float, float, float, float]]:
@@ -143,6 +150,20 @@ def _contrast_text(cmap: Colormap, norm: Normalize, value: float) -> str:
     """Black or white, whichever reads better on the colour of `value`."""
     r, g, b, _ = cmap(norm(value))
     return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+
+
+class _StepPercent(PercentFormatter):
+    """Percent tick labels with the fewest decimals that write every tick exactly (99.95 %: two),
+    not the three `PercentFormatter` picks for a span of tenths of a percent. Known only when the
+    ticks are drawn (their number follows the axis' final size)."""
+
+    def __init__(self) -> None:
+        super().__init__(xmax=1)
+
+    def set_locs(self, locs: Sequence[float]) -> None:
+        super().set_locs(locs)
+        percent = 100 * np.asarray(locs, dtype=float)
+        self.decimals = next((d for d in range(8) if np.allclose(np.round(percent, d), percent, rtol=0, atol=1e-9)), None)
 
 
 def _mean_std_band(ax: Axes, x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> None:
@@ -267,22 +288,40 @@ def random_cosine_curve(results: Sequence[Mapping[str, float]], name: str = "ran
 
 
 def frequency_ablation(results: Sequence[Mapping[str, float]], baseline: float | None = None) -> Figure:
-    """Accuracy after zeroing all neurons of each frequency (keys freq, neurons, acc), one bar
-    per frequency annotated with the number of neurons ablated; `baseline`: unablated accuracy."""
+    """Accuracy after zeroing all neurons of each frequency (keys freq, neurons, acc; top, a stem
+    down from `baseline`, the unablated accuracy, so the loss is the stem's length) and how many
+    neurons that removed (bottom), at their frequency k. One width whatever the number of
+    frequencies, so the labels keep their size in the report; the accuracy axis spans the data, as
+    a network with ~50 frequencies loses tenths of a percent to any one of them."""
     results = _sorted_rows(results, "freq")
-    fig = Figure(figsize=(max(6.0, 0.55 * len(results) + 2), 3.8), layout="constrained")
-    ax = fig.subplots()
-    bars = ax.bar(np.arange(len(results)), _column(results, "acc"), color="C0",
-                  label="accuracy after ablation (n: neurons ablated)")
-    ax.bar_label(bars, labels=[f"n={int(r['neurons'])}" for r in results], fontsize="small", padding=2)
+    k, acc = _column(results, "freq"), _column(results, "acc")
+    fig = Figure(figsize=(9, 5), layout="constrained")
+    ax_acc, ax_n = fig.subplots(2, 1, sharex=True, height_ratios=(2.2, 1))
     if baseline is not None:
-        ax.axhline(baseline, color="k", ls="--", lw=0.8, label=f"no ablation ({baseline:.3f})")
-    ax.set_xticks(np.arange(len(results)), [_label(r["freq"]) for r in results])
-    ax.set(xlabel="ablated frequency $k$", ylabel="accuracy", ylim=(0, 1.25),
-           title="Accuracy after ablating the neurons of one frequency")
-    ax.set_yticks(np.linspace(0, 1, 6))
-    ax.legend(loc="upper left", ncols=2, fontsize="small")
-    ax.grid(True, axis="y", alpha=0.3)
+        ax_acc.vlines(k, acc, baseline, color="C0", lw=1.2, alpha=0.5)
+        ax_acc.axhline(baseline, color="k", ls="--", lw=0.8, label=f"no ablation ({baseline:.2%})")
+    label = "ablating the neurons of frequency $k$"
+    if np.isfinite(acc).any():
+        worst = int(np.nanargmin(acc))
+        label += f" (lowest: {acc[worst]:.2%} at k = {_label(results[worst]['freq'])})"
+    ax_acc.plot(k, acc, "o", color="C0", ms=4, label=label)
+    shown = np.append(acc, math.nan if baseline is None else baseline)
+    shown = shown[np.isfinite(shown)]
+    if shown.size:  # the data's span (0.2 % at least: all may be 100 %), and no tick above 100 %
+        pad = max(0.1 * np.ptp(shown), 1e-3)
+        ax_acc.set_ylim(shown.min() - pad, shown.max() + pad)
+        ax_acc.set_yticks([t for t in ax_acc.get_yticks() if t <= 1 + 1e-9])
+    ax_acc.yaxis.set_major_formatter(_StepPercent())
+    ax_acc.set_ylabel("accuracy")
+    ax_acc.legend(loc="lower left", bbox_to_anchor=(0, 1), ncols=2, fontsize="small", frameon=False, borderaxespad=0.1)
+    ax_n.bar(k, _column(results, "neurons"), width=0.8, color="C1")
+    ax_n.set(xlabel="ablated frequency $k$", ylabel="neurons\nablated", xlim=(0.5, k.max(initial=1) + 0.5))
+    ax_n.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_n.xaxis.set_major_locator(MaxNLocator(nbins=12, integer=True, steps=[1, 2, 5, 10]))
+    ax_n.xaxis.set_minor_locator(MultipleLocator(1))
+    for ax in (ax_acc, ax_n):
+        ax.grid(True, axis="y", alpha=0.3)
+    fig.suptitle("Accuracy after ablating the neurons of one frequency")
     return fig
 
 
@@ -320,8 +359,8 @@ def activation_heatmaps(fc1: ArrayLike, fc2: ArrayLike, neurons: Sequence[int], 
     axes = fig.subplots(2, m, squeeze=False, sharex=True, sharey=True)
     lim = float(np.abs(contribution).max()) or 1.0
     rows = (
-        (act, Normalize(min(0.0, float(act.min())), float(act.max()) or 1.0), "magma", f"{activation} activation"),
-        (contribution, Normalize(-lim, lim), "RdBu_r", "contribution to the\nlogit of (a+b) mod p"),
+        (act, Normalize(min(0.0, float(act.min())), float(act.max()) or 1.0), _scale("magma"), f"{activation} activation"),
+        (contribution, Normalize(-lim, lim), _scale("RdBu_r"), "contribution to the\nlogit of (a+b) mod p"),
     )
     for r, (data, norm, cmap, label) in enumerate(rows):
         for j, n in enumerate(idx):
@@ -386,7 +425,7 @@ def weight_similarity(fc1: ArrayLike, fc2: ArrayLike) -> Figure:
     for ax, (name, vectors) in zip(axes, (("Input weights (fc1 rows)", w1), ("Output weights (fc2 columns)", w2.T))):
         v = vectors[order]
         v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-        image = ax.imshow(v @ v.T, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+        image = ax.imshow(v @ v.T, cmap=_scale("RdBu_r"), vmin=-1, vmax=1, interpolation="nearest")
         for s in starts[1:]:
             ax.axhline(s - 0.5, color="k", lw=0.5)
             ax.axvline(s - 0.5, color="k", lw=0.5)
@@ -466,7 +505,7 @@ def sweep_heatmap(rows: Sequence[Mapping[str, Any]], x: str, y: str, value: str,
     show_jobs = jobs.max() > 1
     norm = _value_norm(grid, log)
     bad = ~np.isfinite(grid) | ((grid <= 0) if log else False)
-    cmap = colormaps["viridis"].with_extremes(bad="0.88")
+    cmap = _scale("viridis").with_extremes(bad="0.88")
     fig = Figure(figsize=(1.0 * len(xs) + 3.2, 0.6 * len(ys) + 2.4), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(np.ma.masked_array(grid, bad), origin="lower", aspect="auto", cmap=cmap, norm=norm)

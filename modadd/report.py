@@ -4,6 +4,9 @@ The page makes no external request: every image is a `data:` URI and a Content-S
 (`default-src 'none'; img-src data:; style-src 'unsafe-inline'`) forbids anything else, scripts
 included. All text is HTML-escaped. Files are written atomically (temporary file + rename), so a
 reader never sees half a report.
+
+Figures are PNGs at most the page's width (`png_bytes`), so each shows at its own size, its text
+as large as it was set, and a sweep's page stays a few MB (embedded images are most of its bytes).
 """
 
 from __future__ import annotations
@@ -18,16 +21,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
+from PIL import Image
+from scipy.spatial import cKDTree
 
 from modadd.files import plain, write_atomic
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+WIDTH_PX = 1100  # the page's content width (CSS px): a figure up to this wide shows at its own size
+DPI = 120  # a figure's pixels per inch where it fits the page: its 10 pt text is 17 px, as large as the page's
+PALETTE = 256  # colours of an indexed PNG
+GREYS = np.repeat(np.linspace(0, 255, 16).round().astype(np.int64)[:, None], 3, axis=1)  # anti-aliased black on white
+CLOSE = 9  # levels (of 255) a colour may move unseen: half the GREYS' step
+RARE = 2e-4  # a colour on fewer than this share of the pixels (~100 of a figure) is a blend at an anti-aliased edge
 
-CSS = """
-body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; line-height: 1.5; color: #1f2328;
-       max-width: 1100px; margin: 2rem auto; padding: 0 1.5rem; }
+CSS = f"""
+body {{ font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; line-height: 1.5; color: #1f2328;
+       max-width: {WIDTH_PX}px; margin: 2rem auto; padding: 0 1.5rem; }}""" + """
 h1 { font-size: 1.8rem; border-bottom: 2px solid #d0d7de; padding-bottom: .3rem; }
 h2 { font-size: 1.35rem; margin-top: 2.5rem; border-bottom: 1px solid #d0d7de; padding-bottom: .2rem; }
 nav { background: #f6f8fa; border: 1px solid #d0d7de; border-radius: 6px; padding: .6rem 1.2rem; }
@@ -68,11 +81,74 @@ class Section:
     figures: list[tuple[str, Figure | str | os.PathLike]] = field(default_factory=list)
 
 
-def figure_to_data_uri(fig: Figure, dpi: int = 150) -> str:
-    """The figure as a `data:image/png;base64,...` URI (the figure is left open)."""
+def figure_dpi(fig: Figure) -> float:
+    """The resolution `png_bytes` draws `fig` at: `DPI`, less for a figure wider than the page, so
+    that the browser never shrinks it (and its text) to fit."""
+    return min(DPI, WIDTH_PX / fig.get_figwidth())
+
+
+def png_bytes(fig: Figure) -> bytes:
+    """The figure drawn at `figure_dpi`, as `compact_png` with every colour of its heatmaps'
+    scales (their data) kept exactly."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
-    return _png_data_uri(buffer.getvalue())
+    fig.savefig(buffer, format="png", dpi=figure_dpi(fig), facecolor="white")
+    scales = [_scale_colours(im.cmap) for ax in fig.axes for im in ax.get_images()]
+    return compact_png(Image.open(buffer), np.concatenate(scales) if scales else None)
+
+
+def compact_png(image: Image.Image, exact: np.ndarray | None = None) -> bytes:
+    """`image` as an opaque PNG: indexed (a third of the bytes) where one palette holds exactly the
+    colours of `exact` (RGB rows) that it uses, `GREYS` and its most frequent other colours, and
+    draws every colour left out either close to itself (`CLOSE`) or rarely (`RARE`, the blends of
+    anti-aliased edges); otherwise RGB, lossless."""
+    image = image.convert("RGB")
+    image = _indexed(image, np.empty((0, 3), int) if exact is None else exact) or image
+    out = io.BytesIO()
+    image.save(out, format="PNG", optimize=True)
+    return out.getvalue()
+
+
+def _indexed(image: Image.Image, exact: np.ndarray) -> Image.Image | None:
+    """`image` with the palette `compact_png` describes, each colour drawn in its nearest palette
+    colour; None where that changes a colour that is neither rare nor close. (Pillow's own
+    quantizers shift even the colours they keep: white by a few levels, a category's by up to 40.)"""
+    packed = _pack(np.asarray(image, dtype=np.int64)).ravel()
+    colours, inverse, counts = np.unique(packed, return_inverse=True, return_counts=True)
+    kept = colours[np.isin(colours, _pack(exact.astype(np.int64)))]
+    greys = np.setdiff1d(_pack(GREYS), kept)
+    if kept.size + greys.size > PALETTE:
+        return None
+    by_count = colours[np.argsort(-counts, kind="stable")]
+    others = by_count[~np.isin(by_count, np.concatenate([kept, greys]))]
+    palette = _unpack(np.concatenate([kept, greys, others])[:PALETTE])
+    rgb = _unpack(colours)
+    nearest = cKDTree(palette).query(rgb)[1]  # a palette colour is its own nearest (distance 0)
+    changed = np.abs(rgb - palette[nearest]).max(axis=1) > CLOSE
+    if (changed & (counts >= RARE * packed.size)).any():
+        return None
+    indexed = Image.fromarray(nearest[inverse].reshape(image.height, image.width).astype(np.uint8), "P")
+    indexed.putpalette(palette.astype(np.uint8).ravel().tolist())
+    return indexed
+
+
+def _scale_colours(cmap: Colormap) -> np.ndarray:
+    """Every colour (RGB rows) `cmap` draws: its levels, under, over and bad, as the same bytes
+    an image drawn with it has."""
+    levels = cmap(np.arange(-1, cmap.N + 1), bytes=True)
+    return np.concatenate([levels, cmap(np.array([np.nan]), bytes=True)])[:, :3]
+
+
+def _pack(rgb: np.ndarray) -> np.ndarray:
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+def _unpack(packed: np.ndarray) -> np.ndarray:
+    return np.stack([packed >> 16, (packed >> 8) & 255, packed & 255], axis=-1)
+
+
+def figure_to_data_uri(fig: Figure) -> str:
+    """The figure as a `data:image/png;base64,...` URI of `png_bytes` (the figure is left open)."""
+    return _png_data_uri(png_bytes(fig))
 
 
 def _png_data_uri(data: bytes) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import io
 import math
 import re
 from html.parser import HTMLParser
@@ -17,16 +18,25 @@ matplotlib.use("Agg")
 import numpy as np
 import pytest
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PathCollection, PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.image import imread
+from matplotlib.text import Text
+from matplotlib.transforms import Bbox
+from PIL import Image
 
 from modadd import plots
 from modadd.fourier import fit_neurons, wrap_phase
 from modadd.files import write_csv
-from modadd.report import Section, Table, figure_to_data_uri, format_cell, write_report
+from modadd.analysis import in_sweep_order
+from modadd.report import (
+    CLOSE, RARE, WIDTH_PX, Section, Table, compact_png, figure_dpi, figure_to_data_uri, format_cell, png_bytes,
+    write_report,
+)
+from modadd.runs import Run
 
-from conftest import chromium, needs_chromium, rendered_dom
+from conftest import chromium, needs_chromium, rendered_dom, run_script
 
 P, HIDDEN = 13, 16
 FREQS = [1, 3, 5]
@@ -163,11 +173,80 @@ def test_replacement_and_random_cosine_curves():
 
 def test_frequency_ablation():
     results = [{"freq": k, "neurons": n, "acc": a} for k, n, a in ((5, 4, 0.7), (1, 6, 0.4), (3, 6, 0.9))]
-    (ax,) = plots.frequency_ablation(results, baseline=1.0).axes
-    assert [round(p.get_height(), 3) for p in ax.patches] == [0.4, 0.9, 0.7]
-    assert [t.get_text() for t in ax.texts] == ["n=6", "n=6", "n=4"]
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "3", "5"]
-    assert any("no ablation" in t for t in legend_texts(ax))
+    acc, neurons = plots.frequency_ablation(results, baseline=1.0).axes
+    (points,) = [line for line in acc.get_lines() if line.get_marker() == "o"]
+    assert list(points.get_xdata()) == [1, 3, 5] and list(points.get_ydata()) == [0.4, 0.9, 0.7]
+    assert [(b.get_x() + b.get_width() / 2, b.get_height()) for b in neurons.patches] == [(1, 6), (3, 6), (5, 4)]
+    labels = legend_texts(acc)
+    assert "no ablation (100.00%)" in labels and any("lowest: 40.00% at k = 1" in t for t in labels)
+
+
+def shown_px_per_pt(fig: Figure) -> float:
+    """Screen pixels per point of the figure's text in the report: its PNG's resolution, times
+    the page's shrinking of an image wider than its column."""
+    width = Image.open(io.BytesIO(png_bytes(fig))).width
+    return width / fig.get_figwidth() / 72 * min(1.0, WIDTH_PX / width)
+
+
+def tick_labels(ax, renderer) -> list[list[tuple[str, Bbox]]]:
+    """The x and the y axis' drawn tick labels (inside the view) with their boxes, in order."""
+    out = []
+    for axis, index, (lo, hi) in ((ax.xaxis, 0, ax.get_xlim()), (ax.yaxis, 1, ax.get_ylim())):
+        labels = [t for t in axis.get_ticklabels() if t.get_visible() and t.get_text()
+                  and min(lo, hi) <= t.get_position()[index] <= max(lo, hi)]
+        out.append([(t.get_text(), t.get_window_extent(renderer)) for t in labels])
+    return out
+
+
+def test_frequency_ablation_reads_at_the_report_width():
+    """p = 113 has 56 frequencies: the figure used to widen by 0.55 in for each (33 in), which the
+    page shrank to its column, its text to 4-5 px."""
+    rng = np.random.default_rng(0)
+    results = [{"freq": k, "neurons": int(rng.integers(1, 12)), "acc": 1 - rng.uniform(0, 3e-3)} for k in range(1, 57)]
+    fig = plots.frequency_ablation(results, baseline=0.9998)
+    px_per_pt = shown_px_per_pt(fig)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text()]
+    assert min(t.get_fontsize() for t in texts) * px_per_pt >= 11
+    for ax in fig.axes:
+        for labels in tick_labels(ax, renderer):
+            assert len({text for text, _ in labels}) == len(labels)  # no two ticks read the same
+            assert not any(a.overlaps(b) for (_, a), (_, b) in zip(labels, labels[1:]))
+    x_labels = [text for ax in fig.axes for text, _ in tick_labels(ax, renderer)[0]]
+    assert {"5", "50"} <= set(x_labels)
+
+
+@pytest.mark.parametrize("kind", ["heatmap", "plot"])
+def test_figures_are_compact_and_keep_every_colour_that_matters(net, kind):
+    """Indexed, under half the bytes of RGB: a heatmap's every scale colour (its data) exact, any
+    other colour that is not a rare blend at an anti-aliased edge within CLOSE levels; and no
+    wider than the page (the weights figure is 12 in)."""
+    fc1, fc2, fits = net
+    fig = plots.weight_similarity(fc1, fc2) if kind == "heatmap" else plots.neuron_weights(fc1, fc2, fits, [0, 1, 2, 3])
+    shown = Image.open(io.BytesIO(png_bytes(fig)))
+    assert shown.mode == "P" and shown.width <= WIDTH_PX
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=figure_dpi(fig), facecolor="white")
+    drawn = Image.open(buffer).convert("RGB")
+    scales = [im.cmap(np.arange(im.cmap.N), bytes=True)[:, :3] for ax in fig.axes for im in ax.get_images()]
+    scale = np.concatenate(scales) if scales else np.empty((0, 3), np.uint8)
+    png = compact_png(drawn, scale)
+    lossless = io.BytesIO()
+    drawn.save(lossless, format="PNG", optimize=True)
+    assert len(png) < len(lossless.getvalue()) / 2
+
+    def packed(image: Image.Image) -> np.ndarray:
+        rgb = np.asarray(image.convert("RGB"), dtype=np.int64).reshape(-1, 3)
+        return rgb[:, 0] << 16 | rgb[:, 1] << 8 | rgb[:, 2]
+
+    before, after = packed(drawn), packed(Image.open(io.BytesIO(png)))
+    in_scale = np.isin(before, packed(Image.fromarray(scale[None])))
+    assert in_scale.any() == (kind == "heatmap") and np.array_equal(before[in_scale], after[in_scale])
+    _, inverse, counts = np.unique(before, return_inverse=True, return_counts=True)
+    frequent = counts[inverse] >= RARE * before.size
+    moved = max(abs((before[frequent] >> shift & 255) - (after[frequent] >> shift & 255)).max() for shift in (0, 8, 16))
+    assert frequent.mean() > 0.9 and moved <= CLOSE
 
 
 def test_activation_heatmaps(net):
@@ -423,3 +502,53 @@ def test_report_renders_in_chromium(report, tmp_path):
     not_white = (pixels < 0.95).any(axis=-1)
     assert 0.02 < not_white.mean() < 0.9  # text, tables and figures, on a white page
     assert len(np.unique((pixels * 255).astype(np.uint8).reshape(-1, 3), axis=0)) > 50  # colour figures
+
+
+# ---------------------------------------------------------------------------- a sweep's report
+
+
+def test_jobs_in_sweep_order():
+    """Swept numbers in numeric order (their dirs sort as text: 10, 16, 8), text as text, the
+    keys in the order of the job names; a job without a key last."""
+    def run(**overrides: str) -> Run:
+        name = ",".join(f"{k}={v}" for k, v in sorted(overrides.items()))
+        return Run(Path(name), {}, overrides, [], {}, "ok", "")
+
+    runs = [run(hidden=h, lr=lr, operation=op) for op in ("sub", "add") for lr in ("1e-3", "0.01") for h in ("16", "8", "10")]
+    runs.append(run(hidden="4"))
+    ordered = [tuple(r.overrides.get(k) for k in ("hidden", "lr", "operation")) for r in in_sweep_order(runs)]
+    assert ordered[:4] == [("4", None, None), ("8", "1e-3", "add"), ("8", "1e-3", "sub"), ("8", "0.01", "add")]
+    assert [h for h, _, _ in ordered] == ["4"] + ["8"] * 4 + ["10"] * 4 + ["16"] * 4
+    assert in_sweep_order([run(seed="1"), run(seed="x"), run(seed="10"), run(seed="9")])[-1].overrides == {"seed": "x"}
+
+
+@pytest.fixture(scope="module")
+def sweep_report(tmp_path_factory) -> Path:
+    """The analysis of a 3-job sweep over hidden = 8, 10, 16."""
+    root = tmp_path_factory.mktemp("sweep") / "sweep"
+    run_script("train.py", "-m", "hidden=8,10,16", "p=13", "epochs=20", "logger=csv", f"hydra.sweep.dir={root}")
+    run_script("analyze.py", str(root), "--orders", "2", "--draws", "2", "--neurons", "16,64")
+    return root / "analysis"
+
+
+@pytest.mark.slow
+def test_sweep_lists_jobs_in_numeric_order(sweep_report):
+    with open(sweep_report / "summary.csv", newline="") as f:
+        assert [r["hidden"] for r in csv.DictReader(f)] == ["8", "10", "16"]
+    page = (sweep_report / "report.html").read_text(encoding="utf-8")
+    summary_jobs = re.findall(r"<td>epochs=20,hidden=(\d+),p=13</td>", page)
+    sections = re.findall(r"<h2>\d+\. epochs=20,hidden=(\d+),p=13</h2>", page)
+    assert summary_jobs == sections == ["8", "10", "16"]
+
+
+@pytest.mark.slow
+def test_sweep_report_is_small(sweep_report):
+    """At most the page's width, 100 KB an image (a figure of 4 neurons' weights was 280 KB, 1440 px
+    wide), 500 KB a job (was 1.1 MB), and the random cosine networks, one experiment, shown once."""
+    page = (sweep_report / "report.html").read_text(encoding="utf-8")
+    images = parse(page).find("img")
+    for img in images:
+        png = decode_png_uri(img["src"])
+        assert len(png) <= 100_000 and Image.open(io.BytesIO(png)).width <= WIDTH_PX, img["alt"]
+    assert len(page.encode()) <= 3 * 500_000
+    assert sum(img["alt"].startswith("random cosine") for img in images) == 1
