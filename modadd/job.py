@@ -53,7 +53,7 @@ def train(cfg: DictConfig) -> float:
         log.warning("not started: this worker received %s (the sweep is stopping)", signals.name(signals.received()))
         return math.nan
     try:
-        with rundir.claim(out, cfg, hydra, list(hydra.overrides.task)):
+        with rundir.claim(out, cfg, hydra):
             return _run(cfg, out)
     except rundir.RunDirError as err:
         print(f"error: {err}", file=sys.stderr)  # not logged: this dir's train.log is its holder's

@@ -78,7 +78,7 @@ def refuse_changes(run_dir: Path, config: Mapping) -> None:
 
 
 @contextmanager
-def claim(run_dir: Path, cfg: DictConfig, hydra: DictConfig, overrides: list[str]) -> Iterator[None]:
+def claim(run_dir: Path, cfg: DictConfig, hydra: DictConfig | None) -> Iterator[None]:
     """Hold `run_dir` for this job: lock it, refuse another config, then write `.hydra/`
     (config.yaml, hydra.yaml, overrides.yaml, as Hydra would have). Raises `RunDirError`."""
     try:
@@ -93,7 +93,7 @@ def claim(run_dir: Path, cfg: DictConfig, hydra: DictConfig, overrides: list[str
         records = run_dir / ".hydra"
         write_atomic(records / "config.yaml", OmegaConf.to_yaml(cfg))
         write_atomic(records / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra})))
-        write_atomic(records / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
+        write_atomic(records / "overrides.yaml", OmegaConf.to_yaml(hydra.overrides.task))
         yield
     finally:
         if held is not None:

@@ -108,7 +108,7 @@ def test_the_lock_is_held_by_the_job_and_refuses_others(tmp_out):
         assert holder.stdout.readline().strip() == "held"
         assert lock.holder(tmp_out)["pid"] == holder.pid
         with pytest.raises(RunDirError, match=f"in use by PID {holder.pid}"):
-            with claim(tmp_out, None, None, []):
+            with claim(tmp_out, None, None):
                 pass
         assert not (tmp_out / ".hydra").exists()
     finally:
