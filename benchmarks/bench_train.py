@@ -1,30 +1,32 @@
-"""Training speed: the seed notebook's loop against modadd, side by side, in ms per epoch.
+"""Training speed: the seed notebook against modadd's train.py, each run as its own process.
 
-    python benchmarks/bench_train.py                 # reference config, interleaved rounds
-    python benchmarks/bench_train.py --scaling       # + ms/epoch over p, hidden and members
+    python benchmarks/bench_train.py                 # seed notebook vs train.py: start-up and ms/epoch
+    python benchmarks/bench_train.py --end-to-end    # + whole commands: 2000 epochs each, and the user's sweep
+    python benchmarks/bench_train.py --fitstats      # in one process: what each callback costs per epoch
+    python benchmarks/bench_train.py --scaling       # in one process: ms/epoch over p, hidden and members
     python benchmarks/bench_train.py --transformer   # the transformer's epoch and its statistics' cost
 
-modadd is timed as `train.py` runs it (config composed from conf/, Lightning trainer,
-checkpoint every epoch, metrics.csv, W&B offline); the seed's loop is a faithful copy of the
-notebook's `train` (one-hot float inputs, autograd, torch.optim.AdamW, `.item()` per step).
-Rounds alternate between the two so that both see the same machine state; the figure is
-the mean epoch time after a warm-up (a mean, not a median: FitStats' work comes in blocks
-of 10 epochs, which a median would not see; the last epoch, which draws the figures, is left
-out here and costed in the FitStats table).
+Side by side, as a user compares them: `python benchmarks/seed_notebook.py E` (the notebook's
+cells as written) and `python train.py epochs=E` (W&B offline, every callback, figures at the
+end), each a fresh process timed from launch to exit, at E = --short and E = --long epochs.
+Per epoch is (T(long) - T(short)) / (long - short); start-up is T(short) less its epochs, so it
+holds imports, data, W&B's start and end and everything else a run pays once. Rounds alternate
+the sides (the VM's speed drifts); the figures are medians over the rounds, with their range.
+The in-process modes (--fitstats, --scaling, --transformer) time modadd alone.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
@@ -33,74 +35,74 @@ from omegaconf import OmegaConf, open_dict
 from modadd.job import build
 from modadd.tracking import finish_run
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
 WARMUP = 3
+SWEEP = ["-m", "hidden=64,100,256", "weight_decay=0.1,0.5"]  # the README's example sweep
 
 
-# --- the seed notebook's loop (bussmann-mod-addition-code), kept as written ---------------
-class SeedMLP(torch.nn.Module):
-    def __init__(self, input_size, hidden_size, output_size):
-        super().__init__()
-        self.fc1 = torch.nn.Linear(input_size, hidden_size, bias=False)
-        self.fc2 = torch.nn.Linear(hidden_size, output_size, bias=False)
-
-    def forward(self, x, val=False):
-        pre_relu = self.fc1(x)
-        post_relu = torch.nn.functional.relu(pre_relu)
-        x = self.fc2(post_relu)
-        return x, pre_relu, post_relu
+# --- each side as its own process ----------------------------------------------------------
+def command(side: str, epochs: int | None, out: Path) -> list[str]:
+    """The command line a user types (`epochs=None`: the default, 2000 for both)."""
+    if side == "seed notebook":
+        return [sys.executable, str(ROOT / "benchmarks" / "seed_notebook.py"), *([str(epochs)] if epochs else [])]
+    if side == "train.py":
+        return [sys.executable, str(ROOT / "train.py"), *([f"epochs={epochs}"] if epochs else []), f"hydra.run.dir={out}"]
+    return [sys.executable, str(ROOT / "train.py"), *SWEEP, f"hydra.sweep.dir={out}"]
 
 
-def seed_data(p: int, device: str):
-    data_set = np.zeros((p * p, 2 * p))
-    labels = np.zeros((p * p, p))
-    for number1 in range(p):
-        for number2 in range(p):
-            data_set[number1 * p + number2][number1] = 1
-            data_set[number1 * p + number2][number2 + p] = 1
-            labels[number1 * p + number2][(number1 + number2) % p] = 1
-    shuffle = np.random.RandomState(1337).permutation(p * p)
-    data_set, labels = data_set[shuffle], labels[shuffle]
-    n = int(0.8 * p * p)
-    t = lambda x: torch.from_numpy(x).float().to(device)  # noqa: E731
-    return t(data_set[:n]), t(labels[:n]), t(data_set[n:]), t(labels[n:])
+def wall(side: str, epochs: int | None = None) -> float:
+    """Seconds from launch to exit of one run, its outputs in a temporary dir."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
+        start = time.perf_counter()
+        subprocess.run(command(side, epochs, Path(tmp) / "run"), cwd=tmp, env=env, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return time.perf_counter() - start
 
 
-def seed_loop(p: int, hidden: int, epochs: int, device: str) -> list[float]:
-    """The notebook's `train`, timed per epoch (its per-epoch print goes to a buffer)."""
-    train_data, train_labels, val_data, val_labels = seed_data(p, device)
-    torch.manual_seed(1337)
-    model = SeedMLP(2 * p, hidden, p).to(device)
-    optimzer = torch.optim.AdamW(model.parameters(), lr=0.003, weight_decay=0.5)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    batch_size, times = 128, []
-    running_train_loss = 0
-    with contextlib.redirect_stdout(io.StringIO()):
-        for epoch in range(epochs):
-            start = time.perf_counter()
-            model.train()
-            correct_train_preds = 0
-            total_train_preds = 0
-            for batch in range(0, len(train_data), batch_size):
-                optimzer.zero_grad()
-                output, pre_relu, post_relu = model(train_data[batch : batch + batch_size])
-                loss = loss_fn(output, torch.argmax(train_labels[batch : batch + batch_size], axis=1))
-                running_train_loss += loss.item()
-                preds = torch.argmax(output, axis=1)
-                correct_train_preds += (preds == torch.argmax(train_labels[batch : batch + batch_size], axis=1)).sum().item()
-                total_train_preds += len(preds)
-                loss.backward()
-                optimzer.step()
-            model.eval()
-            output, _, _ = model(val_data, val=True)
-            val_loss = loss_fn(output, torch.argmax(val_labels, axis=1)).item()
-            val_preds = torch.argmax(output, axis=1)
-            correct_val_preds = (val_preds == torch.argmax(val_labels, axis=1)).sum().item()
-            avg_train_loss = running_train_loss / (len(train_data) / batch_size)
-            print(epoch, avg_train_loss, val_loss, correct_train_preds / total_train_preds, correct_val_preds / len(val_preds))
-            running_train_loss = 0
-            times.append(time.perf_counter() - start)
-    return times
+def spread(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    """`median (min-max)` of the values times `scale`."""
+    v = [x * scale for x in values]
+    return f"{statistics.median(v):.{digits}f} ({min(v):.{digits}f}-{max(v):.{digits}f})"
+
+
+def compare(rounds: int, short: int, long: int) -> None:
+    """Start-up and ms/epoch of the seed notebook and train.py, each a process, alternating."""
+    sides = ("seed notebook", "train.py")
+    for side in sides:
+        wall(side, short)  # warm-up, not counted: file caches, and the fused kernel's one-time build
+    walls = {(side, e): [] for side in sides for e in (short, long)}
+    for r in range(rounds):
+        for side in sides:
+            for e in (short, long):
+                walls[side, e].append(wall(side, e))
+        print(f"round {r + 1}/{rounds}: " + ", ".join(f"{s} {e} epochs {walls[s, e][-1]:.2f} s" for s in sides for e in (short, long)),
+              flush=True)
+    per_epoch = {s: [(b - a) / (long - short) for a, b in zip(walls[s, short], walls[s, long])] for s in sides}
+    startup = {s: [a - short * pe for a, pe in zip(walls[s, short], per_epoch[s])] for s in sides}
+    ratios = [a / b for a, b in zip(per_epoch["seed notebook"], per_epoch["train.py"])]
+    print(f"\nreference config (p=113, hidden=100, batch 128), {rounds} rounds, each side a process at {short} and {long} epochs; "
+          f"medians (min-max) over the rounds; torch {torch.__version__}, {os.cpu_count()} cores")
+    print("| command | start-up, s | ms/epoch |\n|---|---|---|")
+    for s, typed in zip(sides, ("python benchmarks/seed_notebook.py E", "python train.py epochs=E")):
+        print(f"| {typed} | {spread(startup[s])} | {spread(per_epoch[s], 1000)} |")
+    print(f"speed-up per epoch (seed / train.py, per round): {spread(ratios, digits=2)}x")
+
+
+def end_to_end(rounds: int) -> None:
+    """Whole commands as a user runs them: the notebook's 2000 epochs, `python train.py`, the sweep."""
+    sides = ("seed notebook", "train.py", "sweep")
+    walls = {s: [] for s in sides}
+    for r in range(rounds):
+        for s in sides:
+            walls[s].append(wall(s))
+        print(f"round {r + 1}/{rounds}: " + ", ".join(f"{s} {walls[s][-1]:.1f} s" for s in sides), flush=True)
+    print(f"\nend to end, {rounds} round(s), medians (min-max), seconds")
+    print("| command | wall time, s |\n|---|---|")
+    print(f"| python benchmarks/seed_notebook.py (2000 epochs) | {spread(walls['seed notebook'])} |")
+    print(f"| python train.py (2000 epochs) | {spread(walls['train.py'])} |")
+    print(f"| python train.py {' '.join(SWEEP)} (6 jobs x 2000 epochs) | {spread(walls['sweep'])} |")
 
 
 # --- modadd, as train.py runs it -----------------------------------------------------------
@@ -153,20 +155,18 @@ def ms(times: list[float], warmup: int = WARMUP) -> float:
     return 1000 * statistics.mean(times[warmup:])
 
 
-def compare(rounds: int, epochs: int, device: str) -> None:
-    """Seed loop, train.py as configured, and train.py without FitStats, interleaved."""
-    variants = {"seed loop": lambda: seed_loop(113, 100, epochs, device),
-                "modadd": lambda: modadd_run([], epochs),
-                "modadd without FitStats": lambda: modadd_run(["~callbacks.fit_stats"], epochs)}
+def fitstats(rounds: int, epochs: int) -> None:
+    """train.py's objects in this process, with and without FitStats, alternating rounds: each
+    callback's on_train_epoch_end per epoch, and FitStats by kind of epoch."""
+    variants = {"modadd": [], "modadd without FitStats": ["~callbacks.fit_stats"]}
     times: dict[str, list[float]] = {name: [] for name in variants}
     for r in range(rounds):
-        for name, run in variants.items():
-            times[name] += run()[WARMUP:]
+        for name, overrides in variants.items():
+            times[name] += modadd_run(overrides, epochs)[WARMUP:]
         print(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {ms(t, 0):.1f} ms/epoch" for n, t in times.items()), flush=True)
-    seed, ours, bare = (ms(t, 0) for t in times.values())
-    print(f"\nreference config (p=113, hidden=100, batch 128), {rounds} rounds x {epochs} epochs, torch threads {torch.get_num_threads()}")
-    print("| seed loop | modadd train.py | speed-up | modadd without FitStats | difference |\n|---|---|---|---|---|")
-    print(f"| {seed:.1f} ms/epoch | {ours:.1f} ms/epoch | {seed / ours:.2f}x | {bare:.1f} ms/epoch | {100 * (ours - bare) / bare:+.1f}% |")
+    ours, bare = (ms(t, 0) for t in times.values())
+    print(f"\nreference config (p=113, hidden=100, batch 128), {rounds} rounds x {epochs} epochs in one process, torch threads {torch.get_num_threads()}")
+    print(f"| modadd | without FitStats | difference |\n|---|---|---|\n| {ours:.1f} ms/epoch | {bare:.1f} ms/epoch | {100 * (ours - bare) / bare:+.1f}% |")
     print("\ntime in each callback's on_train_epoch_end, ms per epoch (share of an epoch without FitStats):")
     print("| callback | median | mean |\n|---|---|---|")
     for name, t in HOOK_TIMES.items():
@@ -245,18 +245,25 @@ def scaling(epochs: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of seed loop / modadd")
-    parser.add_argument("--epochs", type=int, default=40, help="epochs per round")
-    parser.add_argument("--scaling", action="store_true", help="also time the p x hidden and members grids")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
+    parser.add_argument("--short", type=int, default=10, help="epochs of the short runs (default 10)")
+    parser.add_argument("--long", type=int, default=310, help="epochs of the long runs (default 310)")
+    parser.add_argument("--end-to-end", action="store_true", help="also time the whole commands (2000 epochs; the sweep)")
+    parser.add_argument("--epochs", type=int, default=40, help="epochs per round of the in-process modes")
+    parser.add_argument("--fitstats", action="store_true", help="only the callbacks' cost, in one process")
+    parser.add_argument("--scaling", action="store_true", help="only the p x hidden and members grids, in one process")
     parser.add_argument("--transformer", action="store_true", help="only the transformer's epoch and ProgressStats' cost")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     if args.transformer:
         transformer_cost(args.rounds, max(args.epochs, 60))
-        return
-    compare(args.rounds, args.epochs, args.device)
-    if args.scaling:
+    elif args.fitstats:
+        fitstats(args.rounds, args.epochs)
+    elif args.scaling:
         scaling(max(args.epochs // 2, WARMUP + 5))
+    else:
+        compare(args.rounds, args.short, args.long)
+        if args.end_to_end:
+            end_to_end(max(1, args.rounds // 3))
 
 
 if __name__ == "__main__":

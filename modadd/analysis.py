@@ -33,6 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from modadd import fourier, plots  # noqa: E402
+from modadd.chunks import chunks  # noqa: E402
 from modadd.mlp import construct, experiments  # noqa: E402
 from modadd.data import labels, operation_pairs, split  # noqa: E402
 from modadd.grokking import grokking_epochs  # noqa: E402
@@ -43,7 +44,6 @@ from modadd.runs import (  # noqa: E402
 )
 from modadd.transformer.analysis import analyze_transformer  # noqa: E402
 from modadd.transformer.model import TransformerStack  # noqa: E402
-from modadd.transformer.progress import chunks, row_bytes  # noqa: E402
 
 log = logging.getLogger("modadd")
 
@@ -145,16 +145,15 @@ def analyze_member(job: Path, member: int, out: Path, settings: Settings) -> dic
         raise RunError("weights are not finite (diverged)")
     p, hidden = fc2.shape
     operation, activation = run.config.get("operation", "add"), _activation(run)
-    logits = fourier.all_pairs_logits(fc1, fc2, activation)
-    original = _split_accuracies(run, p, lambda rows: logits[rows].argmax(-1))  # on the operation's own pairs and labels
+    answers = torch.cat([logits.argmax(-1) for _, logits in fourier.logit_chunks(fc1, fc2, activation)()])  # (p*p,)
+    original = _split_accuracies(run, p, lambda rows: answers[rows])  # on the operation's own pairs and labels
     fc1, fc2, basis = fourier.addition_basis(fc1, fc2, operation)  # the task is now addition mod n
     fits = fourier.fit_neurons(fc1, fc2)
     stats = {k: v.item() for k, v in fourier.fit_statistics(fits).items()}
     replacement = experiments.replacement_curve(fc1, fc2, orders=settings.orders, seed=settings.seed, activation=activation)
     ablation = experiments.frequency_ablation(fc1, fc2, fits, activation)
     key_freqs = fourier.key_frequencies(fits)
-    basis_logits = fourier.all_pairs_logits(fc1, fc2, activation)  # (n*n, n) in the addition basis
-    key_ablation = fourier.key_frequency_ablation(lambda: [(slice(None), basis_logits)], fc2.shape[0], key_freqs)
+    key_ablation = fourier.key_frequency_ablation(fourier.logit_chunks(fc1, fc2, activation), fc2.shape[0], key_freqs)
     rows = _member_rows(run.metrics, member, (run.members or 1) > 1)
     result = {
         "job": str(job), "member": member, "family": "mlp", "p": p, "hidden": hidden, "status": "analysed",
@@ -245,7 +244,7 @@ def _analyze_transformer_member(run: Run, member: int, out: Path) -> dict:
     @torch.no_grad()
     def predict(pair_rows: torch.Tensor) -> torch.Tensor:
         a, b = pair_rows // p, pair_rows % p
-        return torch.cat([net(a[s], b[s])[0].argmax(-1) for s in chunks(len(pair_rows), row_bytes(net))])
+        return torch.cat([net(a[s], b[s])[0].argmax(-1) for s in chunks(len(pair_rows), net.row_bytes())])
 
     result = {"job": str(run.path), "member": member, **result, "p": p, **net.shape, "status": "analysed",
               "operation": operation, **_split_accuracies(run, p, predict), "grokking": grokking_epochs(rows),

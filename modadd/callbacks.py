@@ -288,16 +288,13 @@ class FitStats(Callback):
     def _progress_measures(self, fc1: Tensor, fc2: Tensor, fits: fourier.NeuronFits, activation: str) -> dict[str, Tensor]:
         """Restricted / excluded loss over all pairs, for each member's key frequencies, and (for
         addition) the excluded loss over the training pairs, the paper's."""
-        measures: dict[str, list[Tensor]] = {}
+        names = ["fit/restricted_loss", "fit/excluded_loss"] + (["fit/excluded_loss_train"] if self.train_rows is not None else [])
+        per_member = []
         for k in range(fc1.shape[0]):
             key = fourier.key_frequencies(fits.member(k), self.key_freq_share)
-            logits = fourier.all_pairs_logits(fc1[k], fc2[k], activation)
-            r, e = fourier.restricted_excluded_loss(logits, key)
-            measures.setdefault("fit/restricted_loss", []).append(r)
-            measures.setdefault("fit/excluded_loss", []).append(e)
-            if self.train_rows is not None:
-                measures.setdefault("fit/excluded_loss_train", []).append(fourier.restricted_excluded_loss(logits, key, self.train_rows)[1])
-        return {name: torch.stack(values) for name, values in measures.items()}
+            logits = fourier.logit_chunks(fc1[k], fc2[k], activation)
+            per_member.append(fourier.restricted_excluded_loss(logits, fits.p, key, self.train_rows)[: len(names)])
+        return {name: torch.stack(values) for name, values in zip(names, zip(*per_member))}
 
     def teardown(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
         self._close()
@@ -373,7 +370,9 @@ def _histogram(freq: Tensor):
     import wandb
 
     values = freq.flatten().cpu().numpy()
-    return wandb.Histogram(np_histogram=np.histogram(values, bins=np.arange(0.5, values.max() + 1.5)))
+    top = int(values.max())
+    edges = np.linspace(0.5, top + 0.5, min(top, wandb.Histogram.MAX_LENGTH) + 1)  # a bin per frequency, up to W&B's limit
+    return wandb.Histogram(np_histogram=np.histogram(values, bins=edges))
 
 
 def _charts(fc1: Tensor, fc2: Tensor, fits: fourier.NeuronFits, neurons: int = 2) -> dict:

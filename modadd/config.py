@@ -7,14 +7,17 @@ with Hydra's own parser and checks it, before Hydra creates a directory or a W&B
 
 from __future__ import annotations
 
+import math
 import numbers
+import os
+import resource
 from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from modadd import rundir
-from modadd.family import FAMILIES, family_of, foreign_knobs, not_applicable
+from modadd.family import FAMILIES, family_of, foreign_knobs, not_applicable, pair_bytes
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -92,6 +95,51 @@ def validate(cfg: DictConfig, check_init: bool = True) -> None:
             f"train_fraction={cfg.train_fraction} leaves {n_train} of {n_pairs} pairs for training at "
             f"p={cfg.p}: train_fraction must leave at least one pair in each split"
         )
+    _check_memory(cfg, family, n_pairs, n_train)
+
+
+# bytes per pair of the data set while it is built (pairs, labels, the split's permutation, the
+# splits) and per training pair and member of an epoch (its order, the pairs gathered in it, and
+# the training rows the excluded loss reads)
+DATA_BYTES, EPOCH_BYTES = 56, 40
+
+
+def _check_memory(cfg: DictConfig, family: str, n_pairs: int, n_train: int) -> None:
+    """Refuse a job whose training data or minibatch cannot fit in memory (every measure over all
+    pairs runs in bounded slices, so these are what grows with p)."""
+    limit, where = memory_limit()
+    K = cfg.get("members", 1)
+    data = DATA_BYTES * n_pairs + EPOCH_BYTES * K * n_train
+    batch = min(cfg.batch_size or n_train, n_train)
+    per_pair = 2 * pair_bytes(family, {**cfg, "members": K})  # a training step's activations and their gradients
+    if data + per_pair > limit:
+        largest = math.isqrt(int(limit / (DATA_BYTES + EPOCH_BYTES * K * n_train / n_pairs)))
+        raise ConfigError(f"p={cfg.p} is too large: training holds about {_gb(data)} for its {n_pairs} pairs alone, "
+                          f"{where} is {_gb(limit)}: p must be at most about {largest} here")
+    if data + batch * per_pair > limit:
+        largest = (limit - data) // per_pair
+        given = "null (full batch)" if cfg.batch_size is None else cfg.batch_size
+        raise ConfigError(f"batch_size={given} is too large at p={cfg.p}: a minibatch of {batch} pairs holds about "
+                          f"{_gb(batch * per_pair)} beside the data's {_gb(data)}, {where} is {_gb(limit)}: "
+                          f"batch_size must be at most {largest} here")
+
+
+def memory_limit() -> tuple[int, str]:
+    """The memory a job can use, and what sets it: the address-space limit (`ulimit -v`), the
+    container's memory limit (cgroup v2) or the machine's RAM, whichever is smallest."""
+    limits = [(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory")]
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft != resource.RLIM_INFINITY:
+        limits.append((soft, "the address-space limit (ulimit -v)"))
+    try:
+        limits.append((int(Path("/sys/fs/cgroup/memory.max").read_text()), "the container's memory limit"))
+    except (OSError, ValueError):  # no cgroup v2, or "max"
+        pass
+    return min(limits)
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB"
 
 
 def _check_init(cfg: DictConfig) -> None:

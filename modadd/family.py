@@ -17,6 +17,18 @@ FAMILIES: dict[str, tuple[str, ...]] = {
 DEFAULT = "mlp"
 
 
+def pair_bytes(family: str, knobs: Mapping) -> int:
+    """Bytes per input pair of what a pass of `knobs["members"]` networks over a batch of pairs
+    holds at once (activations, logits, the loss's copies): what bounds a slice of an all-pairs
+    measure, and half of what a training step holds per pair (autograd keeps as much again).
+    `knobs`: the family's own and `p` (a job's config, or a net's shape)."""
+    K, p = knobs.get("members", 1), knobs["p"]
+    if family == "mlp":
+        return 4 * K * (3 * knobs["hidden"] + 4 * p)
+    heads = knobs["n_heads"] * (knobs["d_head"] + 1)
+    return 4 * K * (6 * heads + 4 * knobs["n_heads"] * knobs["d_head"] + 3 * knobs["d_model"] + 4 * knobs["d_mlp"] + 6 * p)
+
+
 def family_of(config: Mapping) -> str:
     """The family of a composed job config (runs from before families existed are MLPs)."""
     return (config.get("model") or {}).get("family") or DEFAULT

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from modadd.chunks import MAX_BYTES, chunks
 from modadd.mlp.model import activate
 
 
@@ -275,41 +276,76 @@ def ipr(x: Tensor) -> Tensor:
     return torch.where(positive, sq.square().sum(dim=-1) / torch.where(positive, total, 1.0).square(), 0.0)
 
 
-def all_pairs_logits(fc1: Tensor, fc2: Tensor, activation: str = "relu") -> Tensor:
-    """Logits `(..., p*p, p)` for every input pair, row a*p + b, with the hidden `activation`.
+LogitChunks = Callable[[], Iterable[tuple[slice, Tensor]]]
+"""A network's logits over all p*p pairs, re-iterable: each call yields `(rows, logits (..., n, p))`
+for slices of the rows a*p + b that cover them all, so a computation of several passes never
+holds the `(p*p, p)` logits at once."""
+
+
+def all_pairs_logits(fc1: Tensor, fc2: Tensor, activation: str = "relu", rows: slice = slice(None)) -> Tensor:
+    """Logits `(..., n, p)` for the input pairs of `rows` (default: all p*p), row a*p + b, with
+    the hidden `activation`.
 
     A one-hot input selects fc1 column a and column p + b, so the hidden pre-activation of pair
-    (a, b) is their sum: one broadcast add builds all p*p of them without a one-hot matmul.
+    (a, b) is their sum: two gathers and an add build it without a one-hot matmul.
     """
     p = _check_weights(fc1, fc2)
+    r = torch.arange(*rows.indices(p * p), device=fc1.device)
     w_a = fc1[..., :p].transpose(-1, -2)  # (..., p, hidden)
     w_b = fc1[..., p:].transpose(-1, -2)
-    pre = w_a[..., :, None, :] + w_b[..., None, :, :]  # (..., p, p, hidden)
-    hidden = activate(pre, activation, inplace=True).flatten(-3, -2)  # (..., p*p, hidden)
+    hidden = activate(w_a[..., r // p, :] + w_b[..., r % p, :], activation, inplace=True)  # (..., n, hidden)
     return hidden @ fc2.transpose(-1, -2)
 
 
-def restricted_excluded_loss(logits: Tensor, key_freqs: Tensor, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Nanda et al.'s restricted and excluded losses `(...)`: over all p*p pairs, the excluded
-    loss over `rows` (a*p + b) only if given (the paper's: the training pairs).
+def logit_row_bytes(p: int, hidden: int) -> int:
+    """Bytes per pair and network that `logit_chunks` budgets for: the activations and logits,
+    and the float64 copies of the logits that the measures over them make."""
+    return 4 * hidden + 28 * p
 
-    `logits: (..., p*p, p)` as from `all_pairs_logits`; `key_freqs`: distinct k in 1..p//2.
+
+def logit_chunks(fc1: Tensor, fc2: Tensor, activation: str = "relu", max_bytes: int = MAX_BYTES) -> LogitChunks:
+    """The logits over all pairs (`all_pairs_logits`) in slices of at most `max_bytes`: computed
+    once and kept when they fit in one slice, else computed again on every pass."""
+    p, hidden = fc2.shape[-2:]
+    slices = list(chunks(p * p, math.prod(fc2.shape[:-2]) * logit_row_bytes(p, hidden), max_bytes))
+    if len(slices) == 1:
+        kept = [(slices[0], all_pairs_logits(fc1, fc2, activation))]
+        return lambda: kept
+    return lambda: ((s, all_pairs_logits(fc1, fc2, activation, s)) for s in slices)
+
+
+def restricted_excluded_loss(logits: LogitChunks, p: int, key_freqs: Tensor,
+                             rows: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Nanda et al.'s restricted and excluded losses `(...)` over all p*p pairs, and the excluded
+    loss over `rows` (a*p + b) if given (the paper's: the training pairs), in two passes over the
+    `logits` (`(..., n, p)` chunks, as from `logit_chunks`); `key_freqs`: distinct k in 1..p//2.
+
     Restricted keeps only the logits' components along cos(w_k(a+b-c)) and sin(w_k(a+b-c)),
     w_k = 2*pi*k/p, for the key k (the orthogonal projection over the full (a, b, c) grid);
     excluded is the logits minus those components. Labels are (a+b) mod p. The parts
-    (`sum_by_label`, `restricted_logits`, `restricted_loss`, `excluded_logits`) also serve a
-    computation over the pairs in chunks.
+    (`sum_by_label`, `restricted_logits`, `restricted_loss`, `excluded_logits`) also serve other
+    passes over the pairs (the transformer's).
     """
-    p = logits.shape[-1]
-    if logits.shape[-2] != p * p:
-        raise ValueError(f"logits {tuple(logits.shape)} must be (..., p*p, p)")
-    labels = sum_labels(p, logits.device)
-    table = restricted_logits(sum_by_label(logits, labels), key_freqs)
+    labels = sum_labels(p)
+    by_label: Tensor | None = None
+    for s, chunk in logits():
+        if chunk.shape[-1] != p:
+            raise ValueError(f"logits {tuple(chunk.shape)} must be (..., n, p) with p={p}")
+        labels = labels.to(chunk.device)
+        part = sum_by_label(chunk, labels[s])
+        by_label = part if by_label is None else by_label + part
+    table = restricted_logits(by_label, key_freqs)
+    chosen = torch.zeros(p * p, dtype=torch.bool, device=table.device)
     if rows is not None:
-        logits, labels = logits[..., rows.to(logits.device), :], labels[rows.to(logits.device)]
-    logp = F.log_softmax(excluded_logits(logits, table, labels), dim=-1)
-    excluded_loss = -logp.gather(-1, labels[:, None].expand(*logits.shape[:-1], 1)).mean(dim=(-2, -1))
-    return restricted_loss(table), excluded_loss
+        chosen[rows.to(table.device)] = True
+    total = torch.zeros(2, *table.shape[:-2], dtype=torch.float64, device=table.device)  # over all pairs, over `rows`
+    for s, chunk in logits():
+        logp = F.log_softmax(excluded_logits(chunk, table, labels[s]), dim=-1)
+        loss = -logp.gather(-1, labels[s, None].expand(*chunk.shape[:-1], 1)).squeeze(-1)  # (..., n)
+        total += torch.stack([loss.sum(-1), (loss * chosen[s]).sum(-1)]).double()
+    dtype = table.dtype
+    excluded = (total[0] / p**2).to(dtype)
+    return restricted_loss(table), excluded, (total[1] / chosen.sum()).to(dtype) if rows is not None else None
 
 
 def sum_labels(p: int, device: torch.device | None = None) -> Tensor:
@@ -363,7 +399,7 @@ def excluded_logits(logits: Tensor, table: Tensor, labels: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def key_frequency_ablation(logit_chunks: Callable[[], Iterable[tuple[slice, Tensor]]], p: int, keys: Tensor) -> list[dict]:
+def key_frequency_ablation(logit_chunks: LogitChunks, p: int, keys: Tensor) -> list[dict]:
     """Accuracy and loss over all p*p pairs (addition) of a network's logits: as they are, with
     each key frequency's components removed, with all of them removed (the excluded logits) and
     with only them kept (the restricted logits). `logit_chunks()` yields `(rows, logits (n, p))`

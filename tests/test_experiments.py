@@ -17,7 +17,7 @@ from modadd.mlp.experiments import (
     replace_with_fits,
     replacement_curve,
 )
-from modadd.fourier import fit_neurons, wrap_phase
+from modadd.fourier import fit_neurons, logit_row_bytes, wrap_phase
 from modadd.mlp.model import MLP
 
 DT = torch.float64
@@ -47,7 +47,8 @@ def test_accuracy_matches_one_hot_forward():
     expected = torch.tensor(
         [direct_accuracy(w1, w2) for w1, w2 in zip(fc1.flatten(0, 1), fc2.flatten(0, 1))], dtype=DT
     )
-    for max_bytes in (1, 3 * 13 * 13 * (24 + 13) * 8, 2**27):  # chunks of 1, 3 and all networks
+    # slices of one pair, of a network's pairs, of 3 networks' pairs, of all
+    for max_bytes in (1, 13 * 13 * logit_row_bytes(13, 24), 3 * 13 * 13 * logit_row_bytes(13, 24), 2**27):
         acc = accuracy_all_pairs(fc1, fc2, max_bytes=max_bytes)
         assert acc.shape == (2, 3)
         torch.testing.assert_close(acc.double().flatten(), expected, atol=1e-7, rtol=0)

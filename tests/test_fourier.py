@@ -22,6 +22,8 @@ from modadd.fourier import (
     gini,
     ipr,
     key_frequencies,
+    key_frequency_ablation,
+    logit_chunks,
     restricted_excluded_loss,
     weight_norms,
     wrap_phase,
@@ -371,6 +373,35 @@ def test_all_pairs_logits_matches_one_hot_forward(activation, f) -> None:
     assert logits.shape == (3, p * p, p)
     torch.testing.assert_close(logits, expected)
     torch.testing.assert_close(all_pairs_logits(fc1[1], fc2[1], activation), expected[1])
+    torch.testing.assert_close(all_pairs_logits(fc1, fc2, activation, slice(40, 97)), expected[:, 40:97])
+
+
+def whole(logits: Tensor):
+    """All pairs' logits as one chunk, the unchunked computation the chunked ones must equal."""
+    return lambda: [(slice(None), logits)]
+
+
+@pytest.mark.parametrize("max_bytes", [1, 5000, 2**27])  # a pair per slice, a few pairs, all at once
+def test_logit_chunks_cover_the_pairs_and_the_losses_equal_the_unchunked(max_bytes) -> None:
+    p, hidden = 13, 20
+    fc1, fc2, truth = hand_built(p, hidden, (2,), seed=21)
+    full = all_pairs_logits(fc1, fc2)
+    source = logit_chunks(fc1, fc2, max_bytes=max_bytes)
+    for _ in range(2):  # re-iterable: every pass sees every row once, in order
+        parts = list(source())
+        assert torch.cat([torch.arange(p * p)[s] for s, _ in parts]).equal(torch.arange(p * p))
+        torch.testing.assert_close(torch.cat([chunk for _, chunk in parts], dim=-2), full)
+    if max_bytes == 1:
+        assert len(parts) == p * p
+    keys = torch.tensor(sorted(set(truth["freq"][0].tolist())))
+    rows = torch.randperm(p * p, generator=torch.Generator().manual_seed(3))[:50]
+    expected = restricted_excluded_loss(whole(full), p, keys, rows)
+    for got, want in zip(restricted_excluded_loss(source, p, keys, rows), expected):
+        torch.testing.assert_close(got, want)
+    got = key_frequency_ablation(logit_chunks(fc1[0], fc2[0], max_bytes=max_bytes), p, keys)
+    want = key_frequency_ablation(whole(full[0]), p, keys)
+    assert [r["ablation"] for r in got] == [r["ablation"] for r in want]
+    assert [r[k] for r in got for k in ("acc", "loss")] == pytest.approx([r[k] for r in want for k in ("acc", "loss")])
 
 
 def grid_directions(p: int, keys: list[int]) -> Tensor:
@@ -397,12 +428,12 @@ def test_restricted_matches_dense_projection(p: int) -> None:
     U = U[:, U.norm(dim=0) > 1e-9]
     coef = torch.linalg.lstsq(U, logits.flatten()[:, None]).solution
     restricted = (U @ coef).reshape(p * p, p)
-    r_loss, e_loss = restricted_excluded_loss(logits, torch.tensor(keys))
+    r_loss, e_loss, _ = restricted_excluded_loss(whole(logits), p, torch.tensor(keys))
     torch.testing.assert_close(r_loss, pair_loss(restricted, p))
     torch.testing.assert_close(e_loss, pair_loss(logits - restricted, p))
     rows = torch.randperm(p * p, generator=gen)[: p * p // 3]  # the excluded loss over some pairs only (training pairs)
     labels = (torch.arange(p)[:, None] + torch.arange(p)[None, :]).flatten() % p
-    _, e_rows = restricted_excluded_loss(logits, torch.tensor(keys), rows)
+    _, _, e_rows = restricted_excluded_loss(whole(logits), p, torch.tensor(keys), rows)
     torch.testing.assert_close(e_rows, F.cross_entropy((logits - restricted)[rows], labels[rows]))
 
 
@@ -415,12 +446,12 @@ def test_restricted_on_functions_of_a_plus_b_minus_c() -> None:
     w = 2 * math.pi * d.to(DT) / p
     logits = 3 * torch.cos(2 * w + 0.4) - 1.5 * torch.sin(5 * w) + 0.7 * torch.cos(5 * w)
     full = pair_loss(logits, p)
-    r_loss, e_loss = restricted_excluded_loss(logits, torch.tensor([5, 2]))
+    r_loss, e_loss, _ = restricted_excluded_loss(whole(logits), p, torch.tensor([5, 2]))
     torch.testing.assert_close(r_loss, full)
     assert e_loss.item() == pytest.approx(math.log(p))
     # any function of (a+b-c) mod p: with all of 1..p//2 only the mean is lost, which CE ignores
     g = torch.randn(p, generator=gen, dtype=DT)
-    r_loss, e_loss = restricted_excluded_loss(g[d], torch.arange(1, p // 2 + 1))
+    r_loss, e_loss, _ = restricted_excluded_loss(whole(g[d]), p, torch.arange(1, p // 2 + 1))
     torch.testing.assert_close(r_loss, pair_loss(g[d], p))
     assert e_loss.item() == pytest.approx(math.log(p))
 
@@ -430,9 +461,9 @@ def test_restricted_on_network_logits() -> None:
     fc1, fc2, truth = hand_built(p, hidden, (2,), seed=15)
     logits = all_pairs_logits(fc1, fc2)
     keys = torch.tensor(sorted(set(truth["freq"][0].tolist())))
-    r_loss, e_loss = restricted_excluded_loss(logits, keys)
+    r_loss, e_loss, _ = restricted_excluded_loss(whole(logits), p, keys)
     assert r_loss.shape == (2,)
-    r0, e0 = restricted_excluded_loss(logits[0], keys)
+    r0, e0, _ = restricted_excluded_loss(whole(logits[0]), p, keys)
     torch.testing.assert_close(r_loss[0], r0)
     torch.testing.assert_close(e_loss[0], e0)
     # dense check of the decomposition on member 0
@@ -442,7 +473,7 @@ def test_restricted_on_network_logits() -> None:
     torch.testing.assert_close(r0, pair_loss(restricted, p))
     torch.testing.assert_close(e0, pair_loss(logits[0] - restricted, p))
     # no key frequencies: nothing restricted (uniform prediction), everything excluded
-    r_none, e_none = restricted_excluded_loss(logits[0], torch.tensor([], dtype=torch.long))
+    r_none, e_none, _ = restricted_excluded_loss(whole(logits[0]), p, torch.tensor([], dtype=torch.long))
     assert r_none.item() == pytest.approx(math.log(p))
     torch.testing.assert_close(e_none, pair_loss(logits[0], p))
 
@@ -451,9 +482,9 @@ def test_restricted_rejects_bad_keys() -> None:
     logits = torch.zeros(49, 7)
     for keys in ([0], [4], [1, 1]):
         with pytest.raises(ValueError):
-            restricted_excluded_loss(logits, torch.tensor(keys))
+            restricted_excluded_loss(whole(logits), 7, torch.tensor(keys))
     with pytest.raises(ValueError):
-        restricted_excluded_loss(torch.zeros(48, 7), torch.tensor([1]))
+        restricted_excluded_loss(whole(torch.zeros(49, 8)), 7, torch.tensor([1]))
 
 
 def test_float32_runs() -> None:

@@ -22,32 +22,32 @@ import torch
 from torch import Tensor
 
 from modadd.mlp.construct import CONSTRUCTIONS
-from modadd.fourier import NeuronFits, all_pairs_logits, fit_neurons
+from modadd.chunks import MAX_BYTES
+from modadd.fourier import NeuronFits, fit_neurons, logit_chunks, logit_row_bytes, sum_labels
 
 FRACTIONS = tuple(i / 10 for i in range(11))
 NEURONS = (16, 32, 64, 128, 256, 512)
 
 
 @torch.no_grad()
-def accuracy_all_pairs(fc1: Tensor, fc2: Tensor, activation: str = "relu", max_bytes: int = 2**27) -> Tensor:
+def accuracy_all_pairs(fc1: Tensor, fc2: Tensor, activation: str = "relu", max_bytes: int = MAX_BYTES) -> Tensor:
     """Accuracy `(...)` over all p*p pairs against the label (a + b) mod p.
 
-    The networks are evaluated in chunks of the flattened leading dims, each chunk holding at
-    most `max_bytes` of activations (one network, p*p*(hidden + p) elements, is never split),
-    so a stack of thousands of variants needs no more memory than a few. A prediction is
-    `argmax` (ties go to the smallest class), so constant logits score exactly 1/p.
+    The networks are evaluated in groups of the flattened leading dims, over the pairs in slices,
+    each holding at most `max_bytes` of activations (`fourier.logit_chunks`), so a stack of
+    thousands of variants, or one network at a large p, needs no more memory than that. A
+    prediction is `argmax` (ties go to the smallest class), so constant logits score exactly 1/p.
     """
     p, hidden = fc2.shape[-2:]
     batch = fc2.shape[:-2]
     if fc1.shape != (*batch, hidden, 2 * p):
         raise ValueError(f"fc1 {tuple(fc1.shape)} must be (..., hidden, 2p) for fc2 {tuple(fc2.shape)}")
-    x = torch.arange(p, device=fc2.device)
-    labels = ((x[:, None] + x[None, :]) % p).flatten()  # (p*p,), row a*p + b
-    chunk = max(1, max_bytes // (p * p * (hidden + p) * fc2.element_size()))
-    correct = [
-        (all_pairs_logits(w1, w2, activation).argmax(dim=-1) == labels).sum(dim=-1)
-        for w1, w2 in zip(fc1.reshape(-1, hidden, 2 * p).split(chunk), fc2.reshape(-1, p, hidden).split(chunk))
-    ]
+    labels = sum_labels(p, fc2.device)  # (p*p,), row a*p + b
+    group = max(1, max_bytes // (p * p * logit_row_bytes(p, hidden)))  # networks whose pairs fit in one slice
+    correct = []
+    for w1, w2 in zip(fc1.reshape(-1, hidden, 2 * p).split(group), fc2.reshape(-1, p, hidden).split(group)):
+        right = [(logits.argmax(dim=-1) == labels[s]).sum(dim=-1) for s, logits in logit_chunks(w1, w2, activation, max_bytes)()]
+        correct.append(torch.stack(right).sum(dim=0))
     return (torch.cat(correct) / (p * p)).reshape(batch)
 
 

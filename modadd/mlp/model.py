@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modadd.config import ACTIVATIONS
+from modadd.family import pair_bytes
 
 
 def activate(pre: Tensor, activation: str = "relu", inplace: bool = False) -> Tensor:
@@ -97,6 +98,11 @@ class MLPStack(nn.Module):
     @property
     def members(self) -> int:
         return self.W_in.shape[0]
+
+    def row_bytes(self) -> int:
+        """Bytes per input pair of a pass over a batch of pairs (`family.pair_bytes`): pre- and
+        post-activation, the logits, their log-softmax and gradient."""
+        return pair_bytes("mlp", {"p": self.p, "hidden": self.W_in.shape[-1], "members": self.members})
 
     def member(self, k: int) -> MLP:
         """Member k as a seed-layout `MLP` (a copy, on the CPU)."""

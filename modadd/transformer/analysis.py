@@ -17,7 +17,8 @@ from modadd import fourier
 from modadd.data import all_pairs
 from modadd.grokking import first_epoch
 from modadd.transformer.model import TransformerStack
-from modadd.transformer.progress import MAX_BYTES, NeuronSpectrum, row_bytes, chunks, embedding_fourier_norms, progress_measures
+from modadd.chunks import MAX_BYTES, chunks
+from modadd.transformer.progress import NeuronSpectrum, embedding_fourier_norms, progress_measures
 
 CIRCUIT_LOSS = 0.1  # restricted loss below which the key-frequency circuit alone solves the task
 
@@ -26,7 +27,7 @@ def key_frequency_ablation(net: TransformerStack, keys: Tensor, max_bytes: int =
     """`fourier.key_frequency_ablation` of member 0's logits over all pairs, computed in chunks."""
     a, b = all_pairs(net.p)
     return fourier.key_frequency_ablation(
-        lambda: ((s, net(a[s], b[s])[0]) for s in chunks(net.p**2, row_bytes(net), max_bytes)), net.p, keys)
+        lambda: ((s, net(a[s], b[s])[0]) for s in chunks(net.p**2, net.row_bytes(), max_bytes)), net.p, keys)
 
 
 @torch.no_grad()
@@ -34,7 +35,7 @@ def attention_from_equals(net: TransformerStack, max_bytes: int = MAX_BYTES) -> 
     """`(n_heads, 3, p, p)`: member 0's attention from "=" to a, b and "=" for every pair (a, b)."""
     p = net.p
     a, b = all_pairs(p)
-    parts = [net.run(a[s], b[s])[1].attn[0] for s in chunks(p * p, row_bytes(net), max_bytes)]
+    parts = [net.run(a[s], b[s])[1].attn[0] for s in chunks(p * p, net.row_bytes(), max_bytes)]
     return torch.cat(parts).permute(1, 2, 0).reshape(-1, 3, p, p)
 
 

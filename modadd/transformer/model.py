@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from modadd.family import pair_bytes
+
 N_CTX = 3  # a, b, =
 NAMES = ("W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O", "W_in", "W_out", "W_U")
 # parameter -> its key in a HookedTransformer state dict
@@ -89,6 +91,13 @@ class TransformerStack(nn.Module):
         """The knobs of this architecture, read off the weights."""
         K, n_heads, d_model, d_head = self.W_Q.shape
         return {"p": self.p, "d_model": d_model, "n_heads": n_heads, "d_head": d_head, "d_mlp": self.W_in.shape[-1]}
+
+    def row_bytes(self) -> int:
+        """Bytes per input pair of what `run` and the measures over all pairs hold at once
+        (`family.pair_bytes`): values and scores (gathered and concatenated), the weighted values,
+        residuals, neurons before and after the ReLU and their float64 copy, the logits and their
+        float64 copies."""
+        return pair_bytes("transformer", {**self.shape, "members": self.members})
 
     def member_state_dict(self, k: int) -> dict[str, Tensor]:
         """Member k as a `HookedTransformer` state dict (CPU copies; zero biases; causal mask)."""

@@ -20,7 +20,6 @@ O(p^2) (logits summed by label) and O(p * d_mlp) (neuron sums), never the (p^2, 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -28,11 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from modadd import fourier
+from modadd.chunks import MAX_BYTES, chunks
 from modadd.data import all_pairs
 from modadd.data import labels as task_labels
 from modadd.transformer.model import TransformerStack
-
-MAX_BYTES = 2**27
 
 
 @dataclass
@@ -49,22 +47,6 @@ class NeuronSpectrum:
     @property
     def explained(self) -> Tensor:
         return self.fraction.amax(-1)
-
-
-def chunks(n: int, row_bytes: int, max_bytes: int = MAX_BYTES) -> Iterator[slice]:
-    """Slices of `n` rows of `row_bytes` each, at most `max_bytes` a slice (at least one row)."""
-    size = max(1, max_bytes // max(1, row_bytes))
-    for start in range(0, n, size):
-        yield slice(start, min(start + size, n))
-
-
-def row_bytes(net: TransformerStack) -> int:
-    """Bytes per input pair of what `net.run` and the measures hold at once: values and scores
-    (gathered and concatenated), the weighted values, residuals, neurons before and after the
-    ReLU and their float64 copy, the logits and their float64 copies."""
-    s = net.shape
-    heads = s["n_heads"] * (s["d_head"] + 1)
-    return 4 * net.members * (6 * heads + 4 * s["n_heads"] * s["d_head"] + 3 * s["d_model"] + 4 * s["d_mlp"] + 6 * s["p"])
 
 
 def neuron_spectrum(sums: dict[str, Tensor], p: int) -> NeuronSpectrum:
@@ -127,7 +109,7 @@ def progress_measures(net: TransformerStack, train: Tensor | None = None, operat
     by_label = torch.zeros(K, p, p, device=a.device, dtype=torch.float64)
     correct = torch.zeros(K, device=a.device)
     kept: list[Tensor] | None = [] if K * p**3 * 8 <= max_bytes else None  # the logits, for the second pass, if they fit
-    for s in chunks(p * p, row_bytes(net), max_bytes):
+    for s in chunks(p * p, net.row_bytes(), max_bytes):
         logits, cache = net.run(a[s], b[s])
         if kept is not None:
             kept.append(logits.double())
@@ -149,7 +131,7 @@ def progress_measures(net: TransformerStack, train: Tensor | None = None, operat
         if train is not None:
             in_train[train.to(a.device)] = True
         total = torch.zeros(2, K, dtype=torch.float64, device=a.device)  # over all pairs, over the training pairs
-        for i, s in enumerate(chunks(p * p, row_bytes(net), max_bytes)):
+        for i, s in enumerate(chunks(p * p, net.row_bytes(), max_bytes)):
             logits = kept[i] if kept is not None else net(a[s], b[s]).double()
             ablated = fourier.excluded_logits(logits, tables, labels[s])
             loss = F.cross_entropy(ablated.transpose(1, 2), labels[s].expand(K, -1), reduction="none")  # (K, n)
