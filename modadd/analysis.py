@@ -12,12 +12,15 @@ half written (no empty PNG).
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import logging
 import math
 import multiprocessing
 import os
+import signal
+import sys
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -513,4 +516,15 @@ def _pct(value: float | None) -> str:
 def _pool(workers: int) -> ProcessPoolExecutor:
     # spawn, not fork: the parent has run torch (reading checkpoints), and a forked child can
     # hang in an OpenMP pool its parent started; fresh workers cost a few seconds of imports
-    return ProcessPoolExecutor(max_workers=max(1, workers), mp_context=multiprocessing.get_context("spawn"))
+    return ProcessPoolExecutor(max_workers=max(1, workers), mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_end_with, initargs=(os.getpid(),))
+
+
+def _end_with(parent: int) -> None:
+    """A worker ends when analyze.py does, however it ends: a killed parent (kill, a scheduler)
+    left its workers computing on for an hour, holding the CPUs (Linux: the kernel's parent-death
+    signal)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before the line above
+        os._exit(1)

@@ -193,3 +193,27 @@ def test_full_disk_at_the_summary_through_the_package_api(job, tmp_path, monkeyp
     assert str(info.value) == f"No space left on device: could not write {out / 'random_cosine.png'} (the figure random cosine)"
     assert (out / "grokking_curves.png").exists() and not (out / "random_cosine.png").exists()
     assert_nothing_half_written(out)
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
+def test_killing_analyze_py_ends_its_workers(sweep: Path, tmp_out: Path, signal_name: str):
+    import signal
+    import sys
+    import time
+
+    import psutil
+
+    from conftest import ROOT
+
+    proc = subprocess.Popen([sys.executable, str(ROOT / "analyze.py"), str(sweep), "--out", str(tmp_out / "out")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parent = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 60
+    while not (workers := [c for c in parent.children() if "spawn_main" in " ".join(c.cmdline())]):
+        assert time.monotonic() < deadline and proc.poll() is None, "analyze.py started no workers"
+        time.sleep(0.05)
+    time.sleep(1)  # past their start-up, into the work
+    proc.send_signal(getattr(signal, signal_name))
+    proc.wait(timeout=30)
+    gone, alive = psutil.wait_procs(workers, timeout=20)
+    assert not alive, f"workers still running after analyze.py's {signal_name}: {[w.pid for w in alive]}"
