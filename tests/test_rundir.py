@@ -151,7 +151,8 @@ def test_a_used_sweep_dir_takes_only_its_own_sweep(tmp_out):
 
 @pytest.mark.slow
 def test_ctrl_c_during_start_up_is_one_line(tmp_out):
-    proc = _popen(*TINY, f"hydra.run.dir={tmp_out / 'run'}")
+    # epochs enough that a late signal (a busy machine can starve this process) still lands mid-run
+    proc = _popen("p=7", "hidden=8", "epochs=100000", "logger=csv", f"hydra.run.dir={tmp_out / 'run'}")
     time.sleep(1.5)  # importing torch and Lightning
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=120) == 130
