@@ -335,6 +335,15 @@ def restricted_excluded_loss(logits: LogitChunks, p: int, key_freqs: Tensor,
         part = sum_by_label(chunk, labels[s])
         by_label = part if by_label is None else by_label + part
     table = restricted_logits(by_label, key_freqs)
+    return restricted_loss(table), *excluded_loss(logits, table, rows)
+
+
+def excluded_loss(logits: LogitChunks, table: Tensor, rows: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """The mean cross-entropy `(...)` of the excluded logits (the logits less the key frequencies'
+    components, `table: (..., s, c)` from `restricted_logits`) over all p*p pairs, and over `rows`
+    (a*p + b) if given, in one pass over the `logits` chunks `(..., n, p)`."""
+    p = table.shape[-1]
+    labels = sum_labels(p, table.device)
     chosen = torch.zeros(p * p, dtype=torch.bool, device=table.device)
     if rows is not None:
         chosen[rows.to(table.device)] = True
@@ -343,9 +352,8 @@ def restricted_excluded_loss(logits: LogitChunks, p: int, key_freqs: Tensor,
         logp = F.log_softmax(excluded_logits(chunk, table, labels[s]), dim=-1)
         loss = -logp.gather(-1, labels[s, None].expand(*chunk.shape[:-1], 1)).squeeze(-1)  # (..., n)
         total += torch.stack([loss.sum(-1), (loss * chosen[s]).sum(-1)]).double()
-    dtype = table.dtype
-    excluded = (total[0] / p**2).to(dtype)
-    return restricted_loss(table), excluded, (total[1] / chosen.sum()).to(dtype) if rows is not None else None
+    over_rows = (total[1] / chosen.sum()).to(table.dtype) if rows is not None else None
+    return (total[0] / p**2).to(table.dtype), over_rows
 
 
 def sum_labels(p: int, device: torch.device | None = None) -> Tensor:

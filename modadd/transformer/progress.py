@@ -23,7 +23,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from modadd import fourier
@@ -109,7 +108,8 @@ def progress_measures(net: TransformerStack, train: Tensor | None = None, operat
     by_label = torch.zeros(K, p, p, device=a.device, dtype=torch.float64)
     correct = torch.zeros(K, device=a.device)
     kept: list[Tensor] | None = [] if K * p**3 * 8 <= max_bytes else None  # the logits, for the second pass, if they fit
-    for s in chunks(p * p, net.row_bytes(), max_bytes):
+    slices = list(chunks(p * p, net.row_bytes(), max_bytes))
+    for s in slices:
         logits, cache = net.run(a[s], b[s])
         if kept is not None:
             kept.append(logits.double())
@@ -127,17 +127,9 @@ def progress_measures(net: TransformerStack, train: Tensor | None = None, operat
     if operation == "add":
         tables = torch.stack([fourier.restricted_logits(by_label[k], keys[k]) for k in range(K)])  # (K, s, c)
         restricted = fourier.restricted_loss(tables)
-        in_train = torch.zeros(p * p, dtype=torch.bool, device=a.device)
-        if train is not None:
-            in_train[train.to(a.device)] = True
-        total = torch.zeros(2, K, dtype=torch.float64, device=a.device)  # over all pairs, over the training pairs
-        for i, s in enumerate(chunks(p * p, net.row_bytes(), max_bytes)):
-            logits = kept[i] if kept is not None else net(a[s], b[s]).double()
-            ablated = fourier.excluded_logits(logits, tables, labels[s])
-            loss = F.cross_entropy(ablated.transpose(1, 2), labels[s].expand(K, -1), reduction="none")  # (K, n)
-            total += torch.stack([loss.sum(1), (loss * in_train[s]).sum(1)])
-        excluded = total[0] / p**2
-        excluded_train = total[1] / in_train.sum() if train is not None else nan
+        logits = (lambda: zip(slices, kept)) if kept is not None else (lambda: ((s, net(a[s], b[s]).double()) for s in slices))
+        excluded, over_train = fourier.excluded_loss(logits, tables, train)
+        excluded_train = nan if over_train is None else over_train
     norms = embedding_fourier_norms(net.W_E.detach(), p)[:, 1:]
     weight_norm = torch.stack([w.detach().square().flatten(1).sum(1) for w in net.parameters()]).sum(0).sqrt()
     measures = {
