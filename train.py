@@ -15,6 +15,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from modadd.config import ConfigError, apply_resume, preflight  # noqa: E402
+from modadd.sweep import parallel_overrides  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -27,8 +28,8 @@ def main(cfg: DictConfig) -> float:
 if __name__ == "__main__":
     try:
         argv = apply_resume(sys.argv[1:])
-        preflight(argv)  # every job's config and dir, before any directory or W&B run exists
-        sys.argv[1:] = argv
+        jobs = preflight(argv)  # every job's config and dir, before any directory or W&B run exists
+        sys.argv[1:] = [*argv, *parallel_overrides(argv, jobs)]  # a CPU sweep: a job per core
         main()
         if signals.received() is not None:  # a sweep whose workers stopped on it
             sys.exit(signals.exit_code(signals.received()))

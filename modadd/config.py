@@ -177,9 +177,10 @@ def _one_line(err: Exception) -> str:
     return " ".join(lines)
 
 
-def preflight(argv: list[str]) -> None:
+def preflight(argv: list[str]) -> list[DictConfig]:
     """Compose and validate every job `train.py argv` would run, and look at the dir of each one
-    that exists already; raise `ConfigError` if a job is bad or its dir cannot take it.
+    that exists already; raise `ConfigError` if a job is bad or its dir cannot take it. Returns
+    the composed jobs (none where it left the command to Hydra).
 
     Leaves Hydra's own modes (`--cfg`, `--help`, ...) and a single run given sweep syntax to
     Hydra, which reports those itself. A job whose dir holds a checkpoint continues from it,
@@ -192,7 +193,7 @@ def preflight(argv: list[str]) -> None:
 
     multirun = any(a in ("-m", "--multirun") for a in argv)
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):
-        return
+        return []
     try:
         overrides = OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
     except HydraException as err:
@@ -200,10 +201,11 @@ def preflight(argv: list[str]) -> None:
     hydra = [o.input_line for o in overrides if _is_hydra(o.key_or_group)]
     task = [o for o in overrides if not _is_hydra(o.key_or_group)]
     if not multirun and any(o.is_sweep_override() for o in task):
-        return
+        return []
     if any(o.key_or_group == "init" and o.is_sweep_override() for o in task):
         raise ConfigError("init cannot be swept: run one sweep per init (its path is left out of the job dir names)")
     jobs = BasicSweeper.split_arguments(task, None)[0] if multirun else [[o.input_line for o in task]]
+    composed = []
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         if multirun:
             _check_sweep_dir(Path(compose("config", overrides=hydra, return_hydra_config=True).hydra.sweep.dir),
@@ -222,6 +224,8 @@ def preflight(argv: list[str]) -> None:
                     rundir.check(run_dir, OmegaConf.to_container(cfg, resolve=False))
             except (ConfigError, rundir.RunDirError) as err:
                 raise ConfigError(f"{err}{where}") from None
+            composed.append(cfg)
+    return composed
 
 
 def _is_hydra(key: str) -> bool:

@@ -344,9 +344,15 @@ def key_frequency_ablation(rows: Sequence[Mapping[str, Any]]) -> Figure:
     return fig
 
 
-def activation_heatmaps(fc1: ArrayLike, fc2: ArrayLike, neurons: Sequence[int], activation: str = "relu") -> Figure:
+def activation_heatmaps(fc1: ArrayLike, fc2: ArrayLike, neurons: Sequence[int], activation: str = "relu",
+                        folded: bool = True) -> Figure:
     """For each chosen neuron, its activation over all inputs (a, b) (top row) and its
-    contribution activation * fc2[(a+b) mod p, n] to the logit of the right answer (bottom)."""
+    contribution activation * fc2[(a+b) mod p, n] to the logit of the right answer (bottom).
+
+    `folded` (the default) puts row a at k_a*a mod p and column b at k_b*b mod p (k_a, k_b: the
+    neuron's fitted frequencies), where a neuron of any frequency shows one smooth period; in
+    (a, b) order a frequency near p/2 flips sign at every step and shows at the page's width as
+    moire bands that are not in the data."""
     w1, w2, p = _weights(fc1, fc2)
     idx = np.asarray(neurons, dtype=int)
     if idx.size == 0:
@@ -354,23 +360,32 @@ def activation_heatmaps(fc1: ArrayLike, fc2: ArrayLike, neurons: Sequence[int], 
     act = activate(torch.from_numpy(w1[idx, :p, None] + w1[idx, None, p:]), activation).numpy()  # (m, a, b)
     ab = np.arange(p)
     contribution = act * w2[:, idx].T[:, (ab[:, None] + ab[None, :]) % p]
+    ks = np.ones((2, idx.size), dtype=int)
+    if folded:
+        fits = fit_neurons(torch.from_numpy(w1[idx]), torch.from_numpy(w2[:, idx]))
+        ks = np.stack([_np(fits.a.freq), _np(fits.b.freq)])
+        rows, cols = (np.argsort((k[:, None] * ab) % p, axis=1, kind="stable") for k in ks)  # (m, p) each
+        act, contribution = (x[np.arange(idx.size)[:, None, None], rows[:, :, None], cols[:, None, :]]
+                             for x in (act, contribution))
     m = idx.size
-    fig = Figure(figsize=(2.4 * m + 1.6, 5.2), layout="constrained")
-    axes = fig.subplots(2, m, squeeze=False, sharex=True, sharey=True)
+    fig = Figure(figsize=(2.4 * m + 1.6, 5.4), layout="constrained")
+    axes = fig.subplots(2, m, squeeze=False, sharex=not folded, sharey=not folded)
     lim = float(np.abs(contribution).max()) or 1.0
-    rows = (
+    panels = (
         (act, Normalize(min(0.0, float(act.min())), float(act.max()) or 1.0), _scale("magma"), f"{activation} activation"),
         (contribution, Normalize(-lim, lim), _scale("RdBu_r"), "contribution to the\nlogit of (a+b) mod p"),
     )
-    for r, (data, norm, cmap, label) in enumerate(rows):
+    for r, (data, norm, cmap, label) in enumerate(panels):
         for j, n in enumerate(idx):
             ax = axes[r, j]
             image = ax.imshow(data[j], origin="lower", cmap=cmap, norm=norm, interpolation="nearest")
             ax.set_title(f"neuron {n}", fontsize="medium")
-            ax.set_xlabel("b" if r == 1 else "")
-            ax.set_ylabel("a" if j == 0 else "")
+            ka, kb = ks[:, j]
+            ax.set_xlabel(f"{kb}b mod {p}" if folded else ("b" if r == 1 else ""))
+            ax.set_ylabel(f"{ka}a mod {p}" if folded else ("a" if j == 0 else ""))
         fig.colorbar(image, ax=axes[r, :], label=label, shrink=0.9)
-    fig.suptitle(f"Neuron activations over all input pairs (p = {p})")
+    fig.suptitle(f"Neuron activations over all input pairs (p = {p})"
+                 + (": a and b at k a, k b mod p (k: the fits' frequencies)" if folded else ""))
     return fig
 
 
@@ -419,7 +434,7 @@ def weight_similarity(fc1: ArrayLike, fc2: ArrayLike) -> Figure:
     freq = freq[order]
     starts = np.flatnonzero(np.r_[True, freq[1:] != freq[:-1]])
     ends = np.r_[starts[1:], freq.size]
-    labelled = (ends - starts) >= max(2, freq.size // 40)  # skip labels of tiny blocks: they would overlap
+    labelled = _spaced((starts + ends - 1) / 2, ends - starts, min_gap=freq.size / 24)
     fig = Figure(figsize=(11, 5), layout="constrained")
     axes = fig.subplots(1, 2)
     for ax, (name, vectors) in zip(axes, (("Input weights (fc1 rows)", w1), ("Output weights (fc2 columns)", w2.T))):
@@ -436,6 +451,17 @@ def weight_similarity(fc1: ArrayLike, fc2: ArrayLike) -> Figure:
     fig.colorbar(image, ax=axes, label="cosine similarity", shrink=0.85)
     fig.suptitle(f"Similarity of neuron weight vectors ({freq.size} neurons, {starts.size} frequencies)")
     return fig
+
+
+def _spaced(centers: np.ndarray, sizes: np.ndarray, min_gap: float) -> np.ndarray:
+    """Which blocks get a tick label: the largest first, then any other whose centre is at least
+    `min_gap` from every label kept (about 24 labels fit along a heatmap's side at the report's
+    size; a block of one neuron gets none)."""
+    keep = np.zeros(centers.size, dtype=bool)
+    for i in np.argsort(-sizes, kind="stable"):
+        if sizes[i] >= 2 and not (np.abs(centers[keep] - centers[i]) < min_gap).any():
+            keep[i] = True
+    return keep
 
 
 def tsne_kmeans(fc1: ArrayLike, fits: NeuronFits, clusters: int = 10, seed: int = 0) -> Figure:

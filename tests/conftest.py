@@ -1,6 +1,7 @@
 import json
 import shutil
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,13 @@ def run_script(script: str, *args: str, check: bool = True, timeout: float = 300
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def as_in_a_terminal() -> None:
+    """`preexec_fn` of a process a test sends Ctrl-C (SIGINT) to: SIGINT at its default, as for a
+    command typed in a terminal. A test run in the background (`pytest &`) starts its children
+    ignoring SIGINT, and train.py, like Python, keeps a SIGINT it was started ignoring ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wandb_inspect(job_dir: Path, run_dir: Path | None = None) -> dict:

@@ -1,6 +1,9 @@
 """Sweeps on real launchers: joblib (parallel local processes) and submitit (Slurm's path)."""
 
+import csv
+import glob
 import json
+import math
 import os
 import signal
 import subprocess
@@ -9,8 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from omegaconf import OmegaConf
 
-from conftest import ROOT, run_script, wandb_inspect
+import modadd.sweep as sweep_module
+from modadd.sweep import parallel_overrides
+from conftest import ROOT, as_in_a_terminal, run_script, wandb_inspect
 
 pytestmark = pytest.mark.slow
 TINY = ["hidden=8,16", "p=7", "epochs=3"]
@@ -35,6 +42,49 @@ def test_joblib_sweep_runs_jobs_in_parallel_with_threads_shared_out(tmp_out):
         assert w["state"] == "finished" and w["name"] == job.name
         runs.add(w["run_id"])
     assert len(runs) == 2  # worker processes are reused: each job still gets its own W&B run
+
+
+def test_a_cpu_sweep_runs_a_job_per_core_and_each_computes_what_it_computes_alone(tmp_out):
+    """No launcher named, no GPU: joblib with min(jobs, cores) workers; a job's weights are those
+    of the same job run alone with every core (the fused kernel's do not depend on its threads)."""
+    sweep = tmp_out / "sweep"
+    run_script("train.py", "-m", *TINY, "logger=csv", f"hydra.sweep.dir={sweep}")
+    launcher = OmegaConf.load(sweep / "multirun.yaml").hydra.launcher
+    cores = len(os.sched_getaffinity(0))
+    assert ("joblib" in launcher._target_ and launcher.n_jobs == 2) if cores >= 2 else "Basic" in launcher._target_
+    alone = tmp_out / "alone"
+    run_script("train.py", "hidden=16", "p=7", "epochs=3", "logger=csv", f"hydra.run.dir={alone}")
+    swept = sweep / "epochs=3,hidden=16,p=7"
+    for name in ("fc1.weight", "fc2.weight"):
+        assert torch.equal(torch.load(swept / "model.pt")[name], torch.load(alone / "model.pt")[name])
+    rows = [list(csv.DictReader((d / "metrics.csv").open())) for d in (swept, alone)]
+    assert [r.keys() for r in rows[0]] == [r.keys() for r in rows[1]]
+    for got, want in zip(*rows):
+        for key in want:  # a statistic not taken that epoch is an empty cell in both
+            assert got[key] == want[key] == "" or math.isclose(float(got[key]), float(want[key]), rel_tol=1e-5, abs_tol=1e-6), key
+
+
+def test_parallel_sweep_overrides(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)))
+    monkeypatch.setattr(sweep_module, "gpu_visible", lambda: False)
+    jobs = [OmegaConf.create({"threads": None})] * 6
+    assert parallel_overrides(["-m", "hidden=1,2"], jobs) == ["hydra/launcher=local", "hydra.launcher.n_jobs=4"]
+    assert parallel_overrides(["-m", "hidden=1,2"], jobs[:3]) == ["hydra/launcher=local", "hydra.launcher.n_jobs=3"]
+    assert parallel_overrides(["-m", "x"], [OmegaConf.create({"threads": 2})] * 6)[-1] == "hydra.launcher.n_jobs=2"
+    assert parallel_overrides(["-m", "x"], [OmegaConf.create({"threads": 4})] * 6) == []  # a job fills the machine
+    assert parallel_overrides(["-m", "x"], jobs[:1]) == []
+    assert parallel_overrides(["hidden=1"], jobs[:1]) == []  # not a sweep
+    assert parallel_overrides(["-m", "hydra/launcher=basic"], jobs) == []  # the user's choice
+    monkeypatch.setattr(sweep_module, "gpu_visible", lambda: True)
+    assert parallel_overrides(["-m", "hidden=1,2"], jobs) == []  # one GPU: the jobs take turns on it
+
+
+def test_gpu_visible_respects_cuda_visible_devices(monkeypatch):
+    monkeypatch.setattr(glob, "glob", lambda pattern: ["/dev/nvidia0"])
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert sweep_module.gpu_visible()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert not sweep_module.gpu_visible()
 
 
 def test_submitit_local_sweep_takes_the_slurm_path(tmp_out):
@@ -77,7 +127,7 @@ def test_ctrl_c_stops_every_job_of_a_joblib_sweep_at_its_epoch_end(tmp_out):
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=local", "p=23", "hidden=32",
                              "epochs=100000", "seed=1,2", "logger=csv", f"hydra.sweep.dir={sweep}"], cwd=ROOT,
                             env={**os.environ, "WANDB_MODE": "offline"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=as_in_a_terminal)
     deadline = time.time() + 300
     while not (len(m := list(sweep.glob("*/metrics.csv"))) == 2 and all(len(f.read_text().splitlines()) > 30 for f in m)):
         assert time.time() < deadline and proc.poll() is None

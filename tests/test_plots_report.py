@@ -252,7 +252,7 @@ def test_figures_are_compact_and_keep_every_colour_that_matters(net, kind):
 def test_activation_heatmaps(net):
     fc1, fc2, _ = net
     neurons = [0, 4, 7]
-    fig = plots.activation_heatmaps(fc1, fc2.numpy(), neurons)  # torch or numpy
+    fig = plots.activation_heatmaps(fc1, fc2.numpy(), neurons, folded=False)  # torch or numpy
     assert len(main_axes(fig)) == 2 * len(neurons) and len(fig.axes) == 2 * len(neurons) + 2
     images = [ax.get_images()[0].get_array() for ax in main_axes(fig)]
     assert all(im.shape == (P, P) for im in images)
@@ -260,6 +260,12 @@ def test_activation_heatmaps(net):
     act = max(float(fc1[4, a] + fc1[4, P + b]), 0.0)
     assert images[1][a, b] == pytest.approx(act)
     assert images[len(neurons) + 1][a, b] == pytest.approx(act * float(fc2[(a + b) % P, 4]))
+    # folded (the default): the pixel of (a, b) is at (k_a a mod p, k_b b mod p), k the fitted frequencies
+    fits = fit_neurons(torch.as_tensor(fc1), torch.as_tensor(fc2))
+    ka, kb = int(fits.a.freq[4]), int(fits.b.freq[4])
+    folded = [ax.get_images()[0].get_array() for ax in main_axes(plots.activation_heatmaps(fc1, fc2, neurons))]
+    assert folded[1][ka * a % P, kb * b % P] == pytest.approx(act)
+    assert folded[len(neurons) + 1][ka * a % P, kb * b % P] == pytest.approx(act * float(fc2[(a + b) % P, 4]))
     with pytest.raises(ValueError):
         plots.activation_heatmaps(fc1, fc2[:, :-1], neurons)
 
@@ -280,6 +286,27 @@ def test_neuron_weights(net, folded):
     assert np.allclose(fig.axes[5].get_lines()[1].get_ydata(), fc2[:, 14].numpy())
     k = int(fits.a.freq[2])
     assert fig.axes[0].get_xlabel() == (f"{k}a mod {P}" if folded else "a")
+
+
+@pytest.mark.parametrize("hidden", [64, 256])
+def test_weight_similarity_tick_labels_never_overlap(hidden):
+    """At hidden=64 (p=113, neurons spread over many frequencies) the labels of neighbouring
+    blocks overlapped; the biggest blocks are labelled first."""
+    p, rng = 113, np.random.default_rng(0)
+    x = torch.arange(p, dtype=torch.float64)
+    k = torch.as_tensor(rng.integers(1, 40, hidden))
+    k[: hidden // 4] = 17  # one big block, which must keep its label
+    wave = lambda phase: torch.cos(2 * math.pi * k[:, None] * x / p + phase)  # (hidden, p)
+    fc1 = torch.cat([wave(0.3), wave(1.1)], dim=1)
+    fc2 = wave(1.4).T
+    fig = plots.weight_similarity(fc1, fc2)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    for ax in main_axes(fig):
+        for along, labels in zip(("x0", "y0"), tick_labels(ax, renderer)):
+            boxes = sorted((box for _, box in labels), key=lambda b: getattr(b, along))
+            assert len(boxes) >= 4 and not any(a.overlaps(b) for a, b in zip(boxes, boxes[1:]))
+        assert "17" in [t.get_text() for t in ax.get_xticklabels()]
 
 
 def test_weight_similarity(net):

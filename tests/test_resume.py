@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, run_script, wandb_inspect
+from conftest import ROOT, as_in_a_terminal, run_script, wandb_inspect
 
 pytestmark = pytest.mark.slow
 CONFIG = ["p=23", "hidden=32", "epochs=300", "logger=csv", "progress_every=1000"]
@@ -39,7 +39,7 @@ def whole(tmp_path_factory):
 def _stop_mid_run(config, run_dir, signum):
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *config, f"hydra.run.dir={run_dir}"],
                             cwd=ROOT, env={**os.environ, "WANDB_MODE": "offline"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=as_in_a_terminal)
     deadline = time.time() + 120
     while len(_rows(run_dir / "metrics.csv")) < 100 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, run_script
+from conftest import ROOT, as_in_a_terminal, run_script
 from modadd.files import read_csv
 
 TINY = ["p=7", "hidden=8", "epochs=2", "logger=csv"]
@@ -24,7 +24,7 @@ def _files(run_dir):
 def _popen(*args):
     return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT,
                             env={**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=as_in_a_terminal)
 
 
 def _wait_for_rows(path, n, proc):

@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from modadd.plots import _column, _np, _sorted_rows
+from modadd.plots import _column, _np, _scale, _sorted_rows
 from modadd.transformer.progress import NeuronSpectrum
 
 PHASES = (("memorisation_end", "memorisation ends"), ("circuit_formation_end", "circuit formation ends"),
@@ -76,7 +76,7 @@ def attention(pattern: Tensor) -> Figure:
     fig = Figure(figsize=(2.6 * heads + 2.6, 2.8), layout="constrained")
     axes = fig.subplots(1, heads + 1)
     for h in range(heads):
-        image = axes[h].imshow(pattern[h, 0], origin="lower", cmap="viridis", vmin=0, vmax=1)
+        image = axes[h].imshow(pattern[h, 0], origin="lower", cmap=_scale("viridis"), vmin=0, vmax=1)
         axes[h].set(title=f"head {h}: to a", xlabel="b", ylabel="a" if h == 0 else None)
     fig.colorbar(image, ax=axes[heads - 1], shrink=0.8)
     means = pattern.mean(axis=(2, 3))  # (heads, 3)
