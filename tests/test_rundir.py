@@ -162,9 +162,12 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_out):
 
 @pytest.mark.slow
 def test_sigterm_stops_a_sweep_and_exits_143(tmp_out):
-    """Lightning's SIGTERMException is a SystemExit: a sweep killed by Slurm used to exit 0."""
+    """Lightning's SIGTERMException is a SystemExit: a sweep killed by Slurm used to exit 0. With
+    its jobs one after the other (basic launcher), a SIGTERM to the sweep's one process stops it;
+    jobs side by side (the CPU default) stop when their group is signalled (test_launchers)."""
     sweep = tmp_out / "sweep"
-    proc = _popen("-m", "p=23", "hidden=32", "epochs=400", "seed=1,2", "logger=csv", f"hydra.sweep.dir={sweep}")
+    proc = _popen("-m", "hydra/launcher=basic", "p=23", "hidden=32", "epochs=400", "seed=1,2", "logger=csv",
+                  f"hydra.sweep.dir={sweep}")
     first = sweep / "epochs=400,hidden=32,p=23,seed=1"
     _wait_for_rows(first / "metrics.csv", 20, proc)
     proc.send_signal(signal.SIGTERM)
