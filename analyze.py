@@ -4,6 +4,7 @@
     python analyze.py multirun/2026-11-22/10-31-07-512004/hidden=64,weight_decay=0.1   # one job
     python analyze.py outputs/2026-11-22/10-31-07-512004/checkpoints/last.ckpt          # one checkpoint
     python analyze.py --construct gromov --neurons 64,128,256,512 --p 97                # hand-built networks
+    python analyze.py --tiny --seed 0    # the background article's tiny networks: tiny/tiny.csv, tiny.json, tiny_*.png
 
 Writes to <path>/analysis/ (beside a checkpoint or model file; or --out): per job analysis.json, neurons.csv and the figures of
 the Bussmann post (cosine fits, phase-sum rule, replacement by fits, random cosine networks,
@@ -26,19 +27,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", nargs="?", help="a sweep dir, a job dir, or a .ckpt / model .pt file")
     parser.add_argument("--construct", choices=("cosine", "gromov"), help="build networks instead of reading a run")
+    parser.add_argument("--tiny", action="store_true", help="the background article's tiny networks instead (to --out, default tiny/)")
     parser.add_argument("--p", type=int, help="modulus of --construct (default 113)")
     parser.add_argument("--activation", choices=ACTIVATIONS, help="activation of --construct (default: the construction's own)")
-    parser.add_argument("--out", help="output dir (default: <path>/analysis)")
+    parser.add_argument("--out", help="output dir (default: <path>/analysis; with --tiny: tiny/)")
     parser.add_argument("--orders", type=int, default=5, help="random neuron orders per replaced fraction (default 5)")
     parser.add_argument("--draws", type=int, default=5, help="random cosine networks per size (default 5)")
     parser.add_argument("--neurons", default="16,32,64,128,256,512", help="random cosine / --construct network sizes (default 16,...,512)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random orders and draws (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random orders and draws, or of --tiny's training (default 0)")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: min(2, cores))")
     args = parser.parse_args()
-    if (args.path is None) == (args.construct is None):
-        parser.error("give either a path to analyse or --construct (not both)")
+    if [args.path is not None, args.construct is not None, args.tiny].count(True) != 1:
+        parser.error("give either a path to analyse or --construct or --tiny (one of them)")
     if args.path is not None and (args.p is not None or args.activation is not None):
         parser.error("--p and --activation go with --construct (a run's own p and activation are used)")
+    if args.tiny and (args.p is not None or args.activation is not None):
+        parser.error("--p and --activation go with --construct (the tiny networks have their own)")
     if args.p is not None and args.p < 2:
         parser.error(f"--p={args.p} is invalid: must be an integer >= 2")
     for name in ("orders", "draws"):
@@ -50,8 +54,21 @@ def main() -> int:
     except (ValueError, AssertionError):
         parser.error(f"--neurons={args.neurons} is invalid: must be a comma-separated list of integers >= 1")
 
-    from modadd.analysis import Settings, analyze, analyze_construction  # heavy imports after the argument checks
     from modadd.files import WriteError
+
+    if args.tiny:
+        from modadd import tiny  # after the argument checks, as the heavy imports below
+
+        try:
+            rows = tiny.write_tiny(args.out or "tiny", args.seed)
+        except WriteError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        print("\n".join(tiny.table(rows)))
+        print(f"wrote tiny.csv, tiny.json and tiny_*.png to {args.out or 'tiny'}")
+        return 0
+
+    from modadd.analysis import Settings, analyze, analyze_construction  # heavy imports after the argument checks
     from modadd.runs import RunError
 
     settings = Settings(orders=args.orders, neurons=neurons, draws=args.draws, seed=args.seed)
