@@ -35,11 +35,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from modadd import fourier, plots  # noqa: E402
+from modadd import clock_pizza, fourier, plots  # noqa: E402
 from modadd.chunks import chunks  # noqa: E402
 from modadd.mlp import construct, experiments  # noqa: E402
+from modadd.mlp.model import activate  # noqa: E402
 from modadd.data import labels, operation_pairs, split  # noqa: E402
-from modadd.grokking import grokking_epochs  # noqa: E402
+from modadd.grokking import grokking_epochs, learning_phase  # noqa: E402
 from modadd.files import WriteError, save_atomic, write_atomic, write_csv, writing  # noqa: E402
 from modadd.report import Section, Table, png_bytes, write_report  # noqa: E402
 from modadd.runs import (  # noqa: E402
@@ -156,6 +157,9 @@ def analyze_member(job: Path, member: int, out: Path, settings: Settings) -> dic
     replacement = experiments.replacement_curve(fc1, fc2, orders=settings.orders, seed=settings.seed, activation=activation)
     ablation = experiments.frequency_ablation(fc1, fc2, fits, activation)
     key_freqs = fourier.key_frequencies(fits)
+    algorithm = clock_pizza.clock_or_pizza(fourier.logit_chunks(fc1, fc2, activation),
+                                           lambda e_a, e_b: activate(e_a + e_b, activation) @ fc2.T,
+                                           fc1[:, : fc2.shape[0]].T, fc1[:, fc2.shape[0] :].T)
     key_ablation = fourier.key_frequency_ablation(fourier.logit_chunks(fc1, fc2, activation), fc2.shape[0], key_freqs)
     rows = _member_rows(run.metrics, member, (run.members or 1) > 1)
     result = {
@@ -172,6 +176,7 @@ def analyze_member(job: Path, member: int, out: Path, settings: Settings) -> dic
             "key_freqs": key_freqs.tolist(),
         },
         "key_frequency_ablation": key_ablation,
+        "clock_pizza": algorithm,
         "replacement": [{k: r[k] for k in ("fraction", "acc_mean", "acc_std")} for r in replacement],
         "frequency_ablation": ablation,
         "grokking": grokking_epochs(rows),
@@ -276,7 +281,8 @@ def summary_rows(runs: list[Run], units: list, results: dict) -> list[dict]:
         per_member = (run.path, 0) in analysed and (run.members or 1) > 1
         for k in range(run.members) if per_member else [0]:
             res = results.get((run.path, k), {})
-            final = _member_rows(run.metrics, k, per_member)[-1:] or [{}]
+            curve = _member_rows(run.metrics, k, per_member)
+            final = curve[-1:] or [{}]
             replaced_90 = next((r["acc_mean"] for r in res.get("replacement", []) if abs(r["fraction"] - 0.9) < 1e-9), None)
             keys = res.get("key_frequencies", res.get("fit", {}).get("key_freqs"))
             ablation = {r["ablation"]: r["acc"] for r in res.get("key_frequency_ablation", [])}
@@ -293,7 +299,8 @@ def summary_rows(runs: list[Run], units: list, results: dict) -> list[dict]:
                 "epochs": len(run.metrics),
                 **{key: final[0].get(key) for key in ("train/loss", "train/acc", "val/loss", "val/acc")},
                 "full_acc": res.get("full_acc"),
-                **{f"grokking_{k2}": v for k2, v in res.get("grokking", grokking_epochs(run.metrics)).items()},
+                **{f"grokking_{k2}": v for k2, v in res.get("grokking", grokking_epochs(curve)).items()},
+                "phase": learning_phase(curve, run.status),
                 "frac_same_freq": res.get("fit", {}).get("frac_same_freq"),
                 "phase_sum_error_median": res.get("fit", {}).get("phase_sum_error_median"),
                 "r2_mean_out": res.get("fit", {}).get("r2_mean", {}).get("out"),
@@ -303,6 +310,7 @@ def summary_rows(runs: list[Run], units: list, results: dict) -> list[dict]:
                 "n_key_frequencies": len(keys) if keys is not None else None,
                 "acc_key_frequencies_only": ablation.get("keep only the key frequencies"),
                 "acc_key_frequencies_removed": ablation.get("remove all key frequencies"),
+                **{key: res.get("clock_pizza", {}).get(key) for key in ("algorithm", "gradient_symmetricity", "distance_irrelevance")},
                 **{f"phase_{name}": phases.get(name) for name in ("memorisation_end", "circuit_formation_end", "cleanup_end")},
             })
     return rows
@@ -388,7 +396,9 @@ def _report_sections(rows: list[dict], runs: list[Run], units: list, results: di
             shared.setdefault(caption, str(cosine))
         figures = [(f.stem.replace("_", " "), str(f)) for f in pngs]
         job_sections.append(Section(_name(run.path, k, run.members or 1), text=text, tables=tables, figures=figures))
-    summary = Section("Summary", text=f"{len(rows)} job(s); {sum(r['analysed'] for r in rows)} analysed.",
+    phases = Counter(r["phase"] for r in rows if r["phase"])
+    phase_text = f" Learning phases: {', '.join(f'{n} {ph}' for ph, n in phases.most_common())}." if phases else ""
+    summary = Section("Summary", text=f"{len(rows)} job(s); {sum(r['analysed'] for r in rows)} analysed.{phase_text}",
                       tables=[Table(columns, [[r.get(c) for c in columns] for r in rows])],
                       figures=(_sweep_figures(rows, runs, out) if sweep else []) + list(shared.items()))
     side_by_side = [_side_by_side(rows)] if len({r["family"] for r in rows if r["analysed"]}) > 1 else []
@@ -402,11 +412,20 @@ def _mlp_text(res: dict) -> tuple[str, list[Table]]:
             f"validation {_pct(res['val_acc'])}, all pairs {_pct(res['full_acc'])}. "
             f"{_pct(fit['frac_same_freq'])} of neurons have one frequency for a, b and out; median phase-sum error "
             f"{fit['phase_sum_error_median']:.3f} rad; {fit['distinct_freqs']} distinct frequencies; "
-            f"mean R² a/b/out {fit['r2_mean']['a']:.3f}/{fit['r2_mean']['b']:.3f}/{fit['r2_mean']['out']:.3f}.")
+            f"mean R² a/b/out {fit['r2_mean']['a']:.3f}/{fit['r2_mean']['b']:.3f}/{fit['r2_mean']['out']:.3f}."
+            f"{_clock_pizza_text(res)}")
     tables = [Table(["fraction replaced", "acc mean", "acc std"], [[r["fraction"], r["acc_mean"], r["acc_std"]] for r in res["replacement"]]),
               Table(["random cosine neurons", "acc mean", "acc std"], [[r["neurons"], r["acc_mean"], r["acc_std"]] for r in res["random_cosine"]]),
               _ablation_table(res["key_frequency_ablation"])]
     return text, tables
+
+
+def _clock_pizza_text(res: dict) -> str:
+    if "clock_pizza" not in res:
+        return ""
+    cp = res["clock_pizza"]
+    return (f" Clock or pizza (Zhong et al., README): distance irrelevance {cp['distance_irrelevance']:.3f}, gradient "
+            f"symmetricity {cp['gradient_symmetricity']:.3f}: a {cp['algorithm']}.")
 
 
 def _ablation_table(rows: list[dict]) -> Table:
@@ -425,7 +444,7 @@ def _transformer_text(res: dict) -> tuple[str, list[Table]]:
             f"{_pct(attention['a'])} to a, {_pct(attention['b'])} to b. Phases (README): memorisation ends at epoch "
             f"{phases['memorisation_end']}, circuit formation at {phases['circuit_formation_end']}, cleanup at "
             f"{phases['cleanup_end']}; the restricted loss fell below 1 at epoch {phases['restricted_loss_below_1']}, "
-            f"the validation loss at {phases['val_loss_below_1']}.")
+            f"the validation loss at {phases['val_loss_below_1']}.{_clock_pizza_text(res)}")
     tables = [Table(["key frequency", "neurons", "mean share of variance"],
                     [[c["freq"], c["neurons"], c["explained_mean"]] for c in res["neuron_clusters"]])]
     if "key_frequency_ablation" in res:
@@ -450,11 +469,16 @@ def _side_by_side(rows: list[dict]) -> Section:
 
 
 def _sweep_figures(rows: list[dict], runs: list[Run], out: Path) -> list[tuple[str, str]]:
-    """Final validation accuracy and grokking epoch over the swept axes; all curves overlaid."""
+    """Final validation accuracy and grokking epoch over the swept axes (a swept seed is repeats of
+    each cell, not an axis), the phase diagram of a 2-axis sweep; all curves overlaid."""
     axes = [k for k in dict.fromkeys(k for r in runs for k in r.overrides) if len({r.overrides.get(k) for r in runs}) > 1]
+    if len(axes) > 1 and "seed" in axes:
+        axes.remove("seed")
     numbers = {a for a in axes if all(_number(r.get(a)) is not None for r in rows if r.get(a) is not None)}
     numeric = [{**r, **{a: _number(r.get(a)) for a in numbers}} for r in rows]  # categorical axes stay text
     figures = {}
+    if len(axes) == 2 and any(r["phase"] for r in rows):
+        figures[f"learning phase over {axes[0]} x {axes[1]} (README: phase diagrams)"] = plots.phase_diagram(numeric, *axes)
     for value in ("val/acc", "grokking_val_epoch"):
         if len(axes) == 2:
             figures[f"{value} over {axes[0]} x {axes[1]}"] = plots.sweep_heatmap(numeric, axes[0], axes[1], value)

@@ -1,7 +1,8 @@
-"""Grokking phases read off a run's per-epoch curve."""
+"""Grokking read off a run's per-epoch curve: when it fitted, when it generalised, which phase it is in."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 
@@ -16,3 +17,36 @@ def grokking_epochs(rows: Sequence[dict[str, float]], threshold: float = 0.99) -
     train, val = first_epoch(rows, "train/acc", threshold), first_epoch(rows, "val/acc", threshold)
     delay = val - train if train is not None and val is not None else None
     return {"train_epoch": train, "val_epoch": val, "delay": delay}
+
+
+# Liu et al. (2022)'s four learning phases, read off a finished run's curves (README: "Phase diagrams").
+PHASES = ("comprehension", "grokking", "memorisation", "confusion")
+GROKKING_RATIO = 5  # generalising at least this many times as late as memorising is grokking ...
+GROKKING_MIN_DELAY = 10  # ... if it is also at least this many epochs later
+
+
+def learning_phase(rows: Sequence[dict[str, float]], status: str = "ok", threshold: float = 0.99) -> str | None:
+    """The run's phase, from its final accuracies and the epochs at which they reached `threshold`:
+
+    - `confusion`: the final training accuracy is below `threshold` (it never fitted its training set);
+    - `memorisation`: training fitted, the final validation accuracy is below `threshold`;
+    - `grokking`: both fitted, validation first reached `threshold` at least `GROKKING_RATIO` times
+      as late as training did and at least `GROKKING_MIN_DELAY` epochs later;
+    - `comprehension`: both fitted, validation not that late.
+
+    `diverged` for a run whose loss became non-finite; None for a run that has not finished
+    training (running, stopped, failed: `status` other than ok / wandb_failed / diverged) or has no rows.
+    """
+    if status == "diverged":
+        return "diverged"
+    if status not in ("ok", "wandb_failed") or not rows:
+        return None
+    final = rows[-1]
+    if not final.get("train/acc", math.nan) >= threshold:
+        return "confusion"
+    if not final.get("val/acc", math.nan) >= threshold:
+        return "memorisation"
+    epochs = grokking_epochs(rows, threshold)
+    train, val = epochs["train_epoch"], epochs["val_epoch"]
+    late = val >= GROKKING_RATIO * train and val - train >= GROKKING_MIN_DELAY
+    return "grokking" if late else "comprehension"

@@ -24,7 +24,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator, MultipleLocator, NullLocator, PercentFormatter
 
 from modadd.fourier import NeuronFits, clean_neurons, fit_neurons
-from modadd.grokking import grokking_epochs
+from modadd.grokking import PHASES, grokking_epochs
 from modadd.mlp.model import activate
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence[float]
@@ -549,6 +549,47 @@ def sweep_heatmap(rows: Sequence[Mapping[str, Any]], x: str, y: str, value: str,
     ax.set_yticks(np.arange(len(ys)), [_label(v) for v in ys])
     ax.set(xlabel=x, ylabel=y, title=f"{value} over {x} and {y}" + (" (mean over n jobs)" if show_jobs else ""))
     fig.colorbar(image, ax=ax, label=value)
+    return fig
+
+
+PHASE_COLOURS = {"comprehension": "#1b9e77", "grokking": "#7570b3", "memorisation": "#d95f02",
+                 "confusion": "#e7298a", "diverged": "#666666"}
+
+
+def phase_diagram(rows: Sequence[Mapping[str, Any]], x: str, y: str) -> Figure:
+    """Liu et al.'s phase diagram: one cell per (x, y) pair, split into one bar per phase its jobs
+    ended in, as wide as that phase's share of them (several seeds or members per cell), and
+    labelled with it. Cells whose jobs have no phase (not finished) are hatched grey."""
+    xs, ys = _axis_values(rows, x), _axis_values(rows, y)
+    cells: dict[tuple[Any, Any], list[str | None]] = {}
+    for r in rows:
+        if r.get(x) is not None and r.get(y) is not None:
+            cells.setdefault((_key(r[x]), _key(r[y])), []).append(r.get("phase"))
+    order = [*PHASES, "diverged"]
+    fig = Figure(figsize=(1.25 * len(xs) + 3.4, 0.75 * len(ys) + 1.8), layout="constrained")
+    ax = fig.subplots()
+    for i, yv in enumerate(ys):
+        for j, xv in enumerate(xs):
+            phases = [ph for ph in cells.get((xv, yv), []) if ph is not None]
+            if not phases:
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="0.88", hatch="//", edgecolor="0.6", lw=0))
+                ax.text(j, i, "unfinished" if cells.get((xv, yv)) else "no job", ha="center", va="center",
+                        color="0.3", fontsize="small")
+                continue
+            left = j - 0.5
+            for phase in (ph for ph in order if ph in phases):
+                share = phases.count(phase) / len(phases)
+                ax.add_patch(Rectangle((left, i - 0.5), share, 1, facecolor=PHASE_COLOURS[phase], edgecolor="white", lw=1))
+                label = phase[:4] + ("" if share == 1 else f"\n{phases.count(phase)}/{len(phases)}")
+                ax.text(left + share / 2, i, label, ha="center", va="center", color="white", fontsize="small")
+                left += share
+    ax.set(xlim=(-0.5, len(xs) - 0.5), ylim=(-0.5, len(ys) - 0.5), xlabel=x, ylabel=y,
+           title=f"learning phase over {x} and {y}")
+    ax.set_xticks(np.arange(len(xs)), [_label(v) for v in xs])
+    ax.set_yticks(np.arange(len(ys)), [_label(v) for v in ys])
+    present = [ph for ph in order if any(ph in c for c in cells.values())]
+    ax.legend(handles=[Rectangle((0, 0), 1, 1, facecolor=PHASE_COLOURS[ph], label=ph) for ph in present],
+              loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize="small")
     return fig
 
 

@@ -50,8 +50,11 @@ def test_sweep_analysis_reports_broken_jobs_and_analyses_the_rest(sweep, tmp_out
     assert rows[ok]["status"] == "ok" and rows[ok]["analysed"] == "True" and rows[ok]["hidden"] == "16"
     assert rows[ok]["operation"] == "add" and rows[ok]["activation"] == "relu"  # named even when not swept
     assert {f"epochs=20,hidden=16,members=2,p=13/m{k}" for k in (0, 1)} <= set(rows)
+    assert rows[ok]["phase"] == "confusion" and rows[empty.name]["phase"] == ""  # 20 epochs fit nothing; unfinished
+    assert rows[ok]["algorithm"] in ("clock", "pizza", "neither") and float(rows[ok]["gradient_symmetricity"]) > 0.99
 
     result = json.loads((out / ok / "analysis.json").read_text())
+    assert set(result["clock_pizza"]) == {"gradient_symmetricity", "distance_irrelevance", "algorithm"}
     for key in ("p", "hidden", "train_acc", "val_acc", "full_acc", "fit", "replacement", "random_cosine", "grokking", "status"):
         assert key in result, key
     assert set(result["fit"]) >= {"frac_same_freq", "phase_sum_error_median", "r2_mean", "distinct_freqs"}
@@ -63,6 +66,7 @@ def test_sweep_analysis_reports_broken_jobs_and_analyses_the_rest(sweep, tmp_out
     assert (members / "m0" / "analysis.json").exists() and (members / "m1" / "analysis.json").exists()
     html = (out / "report.html").read_text()
     assert html.count("<img") >= 10 and corrupt.name in html
+    assert "learning phase over hidden x members" in html and "Clock or pizza" in html
 
 
 @needs_chromium
