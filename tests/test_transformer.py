@@ -241,6 +241,9 @@ def test_a_sweep_of_both_families_is_analysed_side_by_side(mixed_sweep):
     rows = list(csv.DictReader((mixed_sweep / "analysis" / "summary.csv").open()))
     assert sorted((r["family"], r["status"], r["analysed"]) for r in rows) == [("mlp", "ok", "True"), ("transformer", "ok", "True")]
     assert all(r["key_frequencies"] and r["acc_key_frequencies_only"] and r["acc_key_frequencies_removed"] for r in rows)
+    assert all(r["algorithm"] in ("clock", "pizza", "neither") and r["distance_irrelevance"] for r in rows)
+    mlp = next(r for r in rows if r["family"] == "mlp")
+    assert float(mlp["gradient_symmetricity"]) > 0.99  # it adds W_a + W_b (the attention of a transformer need not)
     html = (mixed_sweep / "analysis" / "report.html").read_text()
     assert "MLP versus transformer" in html and "phase-sum" in html and "Key frequencies (from the MLP neurons)" in html
     job = next(d for d in mixed_sweep.iterdir() if "model=transformer" in d.name)

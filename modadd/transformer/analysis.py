@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from modadd import fourier
+from modadd import clock_pizza, fourier
 from modadd.data import all_pairs
 from modadd.grokking import first_epoch
 from modadd.transformer.model import TransformerStack
@@ -23,11 +23,22 @@ from modadd.transformer.progress import NeuronSpectrum, embedding_fourier_norms,
 CIRCUIT_LOSS = 0.1  # restricted loss below which the key-frequency circuit alone solves the task
 
 
+def logit_chunks(net: TransformerStack, max_bytes: int = MAX_BYTES) -> fourier.LogitChunks:
+    """Member 0's logits over all pairs in chunks, as `fourier.logit_chunks` gives an MLP's."""
+    a, b = all_pairs(net.p)
+    return lambda: ((s, net(a[s], b[s])[0]) for s in chunks(net.p**2, net.row_bytes(), max_bytes))
+
+
 def key_frequency_ablation(net: TransformerStack, keys: Tensor, max_bytes: int = MAX_BYTES) -> list[dict]:
     """`fourier.key_frequency_ablation` of member 0's logits over all pairs, computed in chunks."""
-    a, b = all_pairs(net.p)
-    return fourier.key_frequency_ablation(
-        lambda: ((s, net(a[s], b[s])[0]) for s in chunks(net.p**2, net.row_bytes(), max_bytes)), net.p, keys)
+    return fourier.key_frequency_ablation(logit_chunks(net, max_bytes), net.p, keys)
+
+
+def clock_or_pizza(net: TransformerStack) -> dict:
+    """`modadd.clock_pizza`'s measures of member 0, gradients taken at the token embeddings."""
+    W_E = net.W_E[0, : net.p]  # (p, d_model): a and b share the embedding
+    return clock_pizza.clock_or_pizza(logit_chunks(net), lambda e_a, e_b: net.logits_from_embeddings(e_a[None], e_b[None])[0],
+                                      W_E, W_E)
 
 
 @torch.no_grad()
@@ -110,6 +121,7 @@ def analyze_transformer(net: TransformerStack, rows: Sequence[dict], operation: 
         "attention_from_equals": plots.attention(attention),
     }
     if operation == "add":
+        result["clock_pizza"] = clock_or_pizza(net)
         result["key_frequency_ablation"] = key_frequency_ablation(net, key)
         figures["key_frequency_ablation"] = shared_plots.key_frequency_ablation(result["key_frequency_ablation"])
     if result["restricted_loss"]:

@@ -123,17 +123,38 @@ class TransformerStack(nn.Module):
         if a.dim() == 1:
             a, b = a.expand(self.members, -1), b.expand(self.members, -1)
         K, B = a.shape
-        n_heads, d_model, d_head = self.W_Q.shape[1:]
-        x_eq = self.W_E[:, self.p] + self.W_pos[:, 2]  # (K, d_model): "=" at position 2
-        q = torch.einsum("kd,khde->khe", x_eq, self.W_Q)  # (K, n_heads, d_head)
-        w_qk = torch.einsum("khde,khe->kdh", self.W_K, q) / math.sqrt(d_head)  # (K, d_model, n_heads)
-        W_V = self.W_V.permute(0, 2, 1, 3).reshape(K, d_model, n_heads * d_head)
-        W_vs = torch.cat([W_V, w_qk], dim=-1)  # (K, d_model, n_heads * (d_head + 1)): values, then scores
+        x_eq, W_vs = self._query()
         x_ab = self.W_E[:, None] + self.W_pos[:, :2, None]  # (K, 2, p+1, d_model): each token at position 0, 1
-        table = torch.bmm(x_ab.reshape(K, 2 * (self.p + 1), d_model), W_vs)  # (K, 2 (p+1), n_heads (d_head+1))
+        table = torch.bmm(x_ab.reshape(K, 2 * (self.p + 1), -1), W_vs)  # (K, 2 (p+1), n_heads (d_head+1))
         offset = torch.arange(K, device=a.device).unsqueeze(1) * 2 * (self.p + 1)
         rows = torch.stack([a + offset, b + offset + self.p + 1], dim=-1)  # (K, B, 2) into the flat table
         vs_ab = table.reshape(-1, table.shape[-1]).index_select(0, rows.reshape(-1)).view(K, B, 2, -1)
+        return self._attend(vs_ab, x_eq, W_vs)
+
+    def logits_from_embeddings(self, e_a: Tensor, e_b: Tensor) -> Tensor:
+        """Logits `(K, B, p)` from the token embeddings of a and b, `e_a, e_b: (K, B, d_model)`
+        (rows of `W_E`): what gradients with respect to the embeddings are taken through
+        (`modadd.clock_pizza`). `run` is this with the rows gathered from tables."""
+        K, B, d_model = e_a.shape
+        x_eq, W_vs = self._query()
+        x_ab = torch.stack([e_a + self.W_pos[:, None, 0], e_b + self.W_pos[:, None, 1]], dim=2)  # (K, B, 2, d_model)
+        vs_ab = torch.bmm(x_ab.reshape(K, 2 * B, d_model), W_vs).view(K, B, 2, -1)
+        return self._attend(vs_ab, x_eq, W_vs)[0]
+
+    def _query(self) -> tuple[Tensor, Tensor]:
+        """The residual of "=" at position 2, `x_eq: (K, d_model)`, and `W_vs: (K, d_model,
+        n_heads (d_head + 1))`, which maps a residual to its values and its attention scores."""
+        K, n_heads, d_model, d_head = self.W_Q.shape
+        x_eq = self.W_E[:, self.p] + self.W_pos[:, 2]
+        q = torch.einsum("kd,khde->khe", x_eq, self.W_Q)  # (K, n_heads, d_head)
+        w_qk = torch.einsum("khde,khe->kdh", self.W_K, q) / math.sqrt(d_head)  # (K, d_model, n_heads)
+        W_V = self.W_V.permute(0, 2, 1, 3).reshape(K, d_model, n_heads * d_head)
+        return x_eq, torch.cat([W_V, w_qk], dim=-1)  # values, then scores
+
+    def _attend(self, vs_ab: Tensor, x_eq: Tensor, W_vs: Tensor) -> tuple[Tensor, Cache]:
+        """Logits and `Cache` from the values and scores of a and b, `vs_ab: (K, B, 2, n_heads (d_head + 1))`."""
+        K, B = vs_ab.shape[:2]
+        n_heads, d_model, d_head = self.W_Q.shape[1:]
         vs_eq = torch.bmm(x_eq[:, None], W_vs).unsqueeze(1).expand(K, B, 1, -1)  # (K, B, 1, ...): the same for every input
         vs = torch.cat([vs_ab, vs_eq], dim=2)  # (K, B, 3, n_heads (d_head + 1))
         v = vs[..., : n_heads * d_head].unflatten(-1, (n_heads, d_head))  # (K, B, 3, n_heads, d_head)
