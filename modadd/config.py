@@ -23,6 +23,7 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 ACTIVATIONS = ("relu", "quadratic", "gelu")  # the hidden activations modadd.mlp.model implements
+LOSSES = ("cross_entropy", "stablemax")  # softmax's or StableMax's cross-entropy (modadd.module.log_probs)
 
 
 class ConfigError(ValueError):
@@ -54,6 +55,10 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "threads": (lambda v: v is None or _int(v) and v >= 1, "null or an integer >= 1"),
     "operation": (lambda v: v in ("add", "sub", "mul", "div", "x2xyy2"), "one of add, sub, mul, div, x2xyy2"),
     "activation": (lambda v: v in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}"),
+    "loss": (lambda v: v in LOSSES, f"one of {', '.join(LOSSES)}"),
+    "grokfast": (lambda v: v in (None, "ema"), "null (off) or ema"),
+    "grokfast_alpha": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "grokfast_lambda": (lambda v: _num(v) and v >= 0, "a number >= 0"),
     "d_model": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
     "n_heads": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
     "d_head": (lambda v: _int(v) and v >= 1, "an integer >= 1"),

@@ -14,6 +14,13 @@ dtype its loss is computed in as `net.loss_dtype`. The plain autograd update her
 family's reference; a family may replace `train_epoch`, `update` or `validation_step` with a
 faster path that is tested against it.
 
+Two grokking accelerators are options of every path: `loss=stablemax` (Prieto et al. 2025,
+StableMax cross-entropy in place of softmax's) and `grokfast=ema` (Lee et al. 2024, the gradients'
+EMA added to them before each step, the EMA kept in the optimizer's state so checkpoints carry
+it). Each epoch also records `train/softmax_collapse` (Prieto et al.): the fraction of its training
+rows whose softmax rounded to exactly one-hot in the loss dtype, where cross-entropy's gradient
+vanishes.
+
 The epoch's metrics go to `self.epoch_metrics`; callbacks add their own and the `EpochLog`
 callback writes the row to metrics.csv and to every logger once (no per-step `self.log`).
 """
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 
 import lightning as L
 import torch
@@ -32,6 +40,8 @@ from torch import Tensor, nn
 from modadd.chunks import chunks
 
 log = logging.getLogger("modadd")
+
+GROKFAST_EMA = "grokfast_ema"  # a parameter's Grokfast EMA of its gradients, in the optimizer's state
 
 
 class GrokModule(L.LightningModule):
@@ -50,6 +60,10 @@ class GrokModule(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.999),
         members: int = 1,
         shuffle: bool = True,
+        loss: str = "cross_entropy",
+        grokfast: str | None = None,
+        grokfast_alpha: float = 0.98,
+        grokfast_lambda: float = 2.0,
         family: str | None = None,  # recorded with the checkpoint's hyper-parameters (the config's model.family)
     ):
         super().__init__()
@@ -57,6 +71,11 @@ class GrokModule(L.LightningModule):
         self.hparams.betas = tuple(float(b) for b in betas)  # plain types: checkpoints load with weights_only=True
         self.automatic_optimization = False
         self.epoch_metrics: dict[str, float] = {}
+
+    @property
+    def loss_dtype(self) -> torch.dtype:
+        """The dtype of the loss: the net's for cross-entropy, float64 for StableMax (as Prieto et al. compute it)."""
+        return torch.float64 if self.hparams.loss == "stablemax" else self.net.loss_dtype
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams
@@ -82,59 +101,118 @@ class GrokModule(L.LightningModule):
         a, b, y = batch
         n = len(y)
         order = self.epoch_order(n, self.current_epoch)
-        loss_sum, correct = self.train_epoch(self.optimizers(), a[order], b[order], y[order])  # (K, n) each
+        loss_sum, correct, collapsed = self.train_epoch(self.optimizers(), a[order], b[order], y[order])  # (K,) each
         steps = -(-n // self.batch_size(n))
-        self._record("train", (loss_sum / steps).float(), correct / n)
+        self._record("train", loss=(loss_sum / steps).float(), acc=correct / n, softmax_collapse=collapsed / n)
         if not math.isfinite(self.epoch_metrics["train/loss"]):
             log.warning("training loss is %s at epoch %d: stopping (diverged)", self.epoch_metrics["train/loss"], self.current_epoch)
             self.trainer.should_stop = True
 
-    def train_epoch(self, opt: LightningOptimizer, a: Tensor, b: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    def train_epoch(self, opt: LightningOptimizer, a: Tensor, b: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The epoch's updates over `a, b, y: (K, n)` in its order; returns the sum over
-        minibatches of the mean loss `(K,)` and the count of right answers `(K,)`."""
+        minibatches of the mean loss `(K,)`, the count of right answers `(K,)` and of rows whose
+        softmax collapsed `(K,)`."""
         size = self.batch_size(y.shape[1])
         starts = range(0, y.shape[1], size)
-        loss_sum = torch.zeros(y.shape[0], dtype=self.net.loss_dtype, device=self.device)
-        correct = torch.zeros(y.shape[0], dtype=torch.long, device=self.device)
+        loss_sum = torch.zeros(y.shape[0], dtype=self.loss_dtype, device=self.device)
+        correct, collapsed = torch.zeros(2, y.shape[0], dtype=torch.long, device=self.device)
         for i, start in enumerate(starts):
             s = slice(start, start + size)
-            loss, right = self.update(opt, a[:, s], b[:, s], y[:, s], last=i == len(starts) - 1)
+            loss, right = self.update(opt, a[:, s], b[:, s], y[:, s], i == len(starts) - 1, collapsed)
             # summed in place: keeping every step's small tensors until the epoch's end fragments
             # glibc's heap between the steps' large buffers (6 GB after 14k steps at p=1500)
             loss_sum += loss
             correct += right
-        return loss_sum, correct
+        return loss_sum, correct, collapsed
 
-    def update(self, opt: LightningOptimizer, a: Tensor, b: Tensor, y: Tensor, last: bool) -> tuple[Tensor, Tensor]:
-        """One AdamW update on one minibatch per member (plain autograd). The epoch's last update
-        goes through Lightning's optimizer wrapper, so `trainer.global_step` counts epochs
-        (checkpointing keys on it); the others skip the wrapper's per-call overhead."""
+    def update(self, opt: LightningOptimizer, a: Tensor, b: Tensor, y: Tensor, last: bool,
+               collapsed: Tensor) -> tuple[Tensor, Tensor]:
+        """One AdamW update on one minibatch per member (plain autograd): returns the mean loss
+        `(K,)` and the count of right answers `(K,)`, and adds the count of rows whose softmax
+        collapsed to `collapsed: (K,)`."""
         opt.zero_grad()
         logits = self.net(a, b)
-        loss = F.cross_entropy(logits.to(self.net.loss_dtype).transpose(1, 2), y, reduction="none").mean(1)
+        if self.hparams.loss == "cross_entropy":  # F.cross_entropy: the same bits as before StableMax existed
+            loss = F.cross_entropy(logits.to(self.loss_dtype).transpose(1, 2), y, reduction="none").mean(1)
+        else:
+            loss = -log_probs(logits, self.hparams.loss, self.loss_dtype).gather(-1, y.unsqueeze(-1)).squeeze(-1).mean(1)
         loss.sum().backward()  # members are independent: the sum's gradient is each one's own
-        opt.step() if last else opt.optimizer.step()
+        # the collapse counted is softmax's, in the net's loss dtype, whatever the loss
+        collapsed += softmax_collapsed(logits.detach().to(self.net.loss_dtype).log_softmax(-1))
+        self.adamw_step(opt, last, opt.optimizer.step)
         return loss.detach(), (logits.argmax(-1) == y).sum(1)
+
+    def adamw_step(self, opt: LightningOptimizer, last: bool, inner: Callable[[], object]) -> None:
+        """The AdamW step from the gradients in `.grad`, filtered first by Grokfast when it is on.
+        The epoch's last step goes through Lightning's optimizer wrapper, so `trainer.global_step`
+        counts epochs (checkpointing keys on it); the others call `inner` (the optimizer's step,
+        or a family's faster equivalent) without the wrapper's per-call overhead."""
+        hp = self.hparams
+        emas = grokfast_ema(opt.optimizer, hp.grokfast_alpha, hp.grokfast_lambda) if hp.grokfast else []
+        opt.step() if last else inner()
+        for param, ema in zip(opt.optimizer.param_groups[0]["params"], emas):
+            opt.optimizer.state[param][GROKFAST_EMA] = ema  # new at the first step: its AdamW step made the state
 
     @torch.no_grad()
     def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
         a, b, y = batch
         K, n = self.net.members, len(y)
-        loss_sum = torch.zeros(K, dtype=self.net.loss_dtype, device=self.device)
+        loss_sum = torch.zeros(K, dtype=self.loss_dtype, device=self.device)
         correct = torch.zeros(K, dtype=torch.long, device=self.device)
         for s in chunks(n, self.net.row_bytes()):  # bounded memory at any p: the (K, n, p) logits never at once
-            logits = self.net(a[s], b[s]).to(self.net.loss_dtype)  # (K, m, p)
-            # cross-entropy along the contiguous last dim: F.cross_entropy wants classes in dim 1,
-            # and on the transposed (K, p, m) view it is 3x slower
+            logits = self.net(a[s], b[s])  # (K, m, p)
+            # the loss along the contiguous last dim: F.cross_entropy wants classes in dim 1, and on
+            # the transposed (K, p, m) view it is 3x slower
             target = y[s].view(1, -1, 1).expand(K, -1, 1)
-            loss_sum -= logits.log_softmax(-1).gather(-1, target).sum((1, 2))
+            loss_sum -= log_probs(logits, self.hparams.loss, self.loss_dtype).gather(-1, target).sum((1, 2))
             correct += (logits.argmax(-1) == y[s]).sum(1)
-        self._record("val", (loss_sum / n).float(), correct / n)
+        self._record("val", loss=(loss_sum / n).float(), acc=correct / n)
 
-    def _record(self, split: str, loss: Tensor, acc: Tensor) -> None:
-        values = torch.stack([loss, acc.float()]).tolist()  # one device sync per split and epoch
-        for name, per_member in zip(("loss", "acc"), values):
+    def _record(self, split: str, **values: Tensor) -> None:
+        """Each `(K,)` metric of `values` under `{split}/{name}` (see `member_metrics`)."""
+        per_metric = torch.stack([v.float() for v in values.values()]).tolist()  # one device sync per split and epoch
+        for name, per_member in zip(values, per_metric):
             self.epoch_metrics.update(member_metrics(f"{split}/{name}", per_member))
+
+
+def log_probs(logits: Tensor, loss: str, dtype: torch.dtype) -> Tensor:
+    """Log-probabilities `(..., p)` of the classes for `logits: (..., p)` under the loss: softmax in
+    `dtype`, or StableMax (`stablemax`) in float64."""
+    if loss == "stablemax":
+        return log_stablemax(logits.double())
+    return logits.to(dtype).log_softmax(-1)
+
+
+def log_stablemax(logits: Tensor) -> Tensor:
+    """StableMax's log-probabilities (Prieto et al. 2025, their `log_stablemax`): softmax with exp
+    replaced by s(x) = x + 1 (x >= 0), 1 / (1 - x) (x < 0), which grows linearly, so the
+    probabilities do not round to one-hot where softmax's do."""
+    s = torch.where(logits < 0, 1 / (1 - logits), logits + 1)
+    return (s / s.sum(-1, keepdim=True)).log()
+
+
+def softmax_collapsed(logp: Tensor) -> Tensor:
+    """The count `(K,)` of rows of softmax log-probabilities `logp: (K, B, p)` that collapsed
+    (Prieto et al.'s softmax collapse): sum exp(z - max z) is exactly 1 in their dtype, so the
+    largest log-probability is 0 and every other probability underflows against it."""
+    return (logp.amax(-1) == 0).sum(1)
+
+
+def grokfast_ema(opt: torch.optim.Optimizer, alpha: float, lamb: float) -> list[Tensor]:
+    """Grokfast's EMA filter (Lee et al. 2024, their `gradfilter_ema`) on every parameter's `.grad`
+    in place: `ema = alpha * ema + (1 - alpha) * grad`, then `grad += lamb * ema`. Returns the
+    EMAs, the optimizer state's (`GROKFAST_EMA`); before the first step, which makes that state,
+    new ones that start at the gradient as `gradfilter_ema`'s do (the caller stores them after the
+    step)."""
+    params = opt.param_groups[0]["params"]
+    grads = [param.grad for param in params]
+    emas = [opt.state[param].get(GROKFAST_EMA) for param in params]
+    if emas[0] is None:
+        emas = [grad.clone() for grad in grads]
+    torch._foreach_mul_(emas, alpha)
+    torch._foreach_add_(emas, grads, alpha=1 - alpha)
+    torch._foreach_add_(grads, emas, alpha=lamb)
+    return emas
 
 
 def member_metrics(key: str, per_member: list[float]) -> dict[str, float]:

@@ -25,6 +25,9 @@ log = logging.getLogger("modadd")
 # how a job runs, not what it computes: free to differ between the runs of one dir (they are
 # also left out of the job dir names, conf/hydra/default.yaml)
 HOW = ("logger", "trainer", "progress_every", "threads", "init")
+# knobs added after runs were first written, at the value that computes what those runs computed:
+# a run dir made before a knob existed continues at that value (also as `model.<knob>: ${<knob>}`)
+ADDED = {"loss": "cross_entropy", "grokfast": None, "grokfast_alpha": 0.98, "grokfast_lambda": 2.0}
 
 
 class RunDirError(RuntimeError):
@@ -41,6 +44,9 @@ def changes(before: Mapping, after: Mapping) -> list[str]:
             continue
         if key == "epochs" and isinstance(a, int) and isinstance(b, int) and b > a:
             continue  # training longer continues from the checkpoint
+        name = key.removeprefix("model.")
+        if key not in old and name in ADDED and b in (ADDED[name], f"${{{name}}}"):
+            continue  # a run made before the knob existed
         found.append(f"{key}: {a} -> {b}")
     return found
 

@@ -42,8 +42,8 @@ def test_epoch_equals_torch_fast_path(activation, members, threads):
     torch.set_num_threads(threads)
     try:
         states = [opt.state[q] for q in net.parameters()]
-        loss, correct = fused.train_epoch(net.W_in.detach(), net.W_out.detach(), states, a, b, y, BATCH,
-                                          opt.param_groups[0], activation)
+        loss, correct, _ = fused.train_epoch(net.W_in.detach(), net.W_out.detach(), states, a, b, y, BATCH,
+                                             opt.param_groups[0], activation)
     finally:
         torch.set_num_threads(previous)
 
@@ -63,8 +63,8 @@ def test_a_nan_weight_gives_a_nan_loss():  # what the module's divergence check 
     opt.step()
     with torch.no_grad():
         net.W_out[0, 0, 0] = float("nan")
-    loss, _ = fused.train_epoch(net.W_in.detach(), net.W_out.detach(), [opt.state[q] for q in net.parameters()],
-                                a, b, (a + b) % P, BATCH, opt.param_groups[0], "relu")
+    loss, *_ = fused.train_epoch(net.W_in.detach(), net.W_out.detach(), [opt.state[q] for q in net.parameters()],
+                                 a, b, (a + b) % P, BATCH, opt.param_groups[0], "relu")
     assert loss.isnan().all()
 
 

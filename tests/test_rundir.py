@@ -192,3 +192,22 @@ def test_how_a_job_runs_is_left_out_of_job_dir_names_and_of_its_identity():
         cfg = compose("config", return_hydra_config=True)
     excluded = set(cfg.hydra.job.config.override_dirname.exclude_keys) - {"hydra/launcher"}
     assert excluded == set(HOW)
+
+
+def test_a_run_made_before_a_knob_existed_continues_at_its_default_only():
+    """Run dirs written before loss / grokfast existed have no such keys: at the defaults they compute
+    what those runs computed, so resuming them is no config change; another value is one."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from modadd.config import CONF_DIR
+    from modadd.rundir import ADDED, changes
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        now = OmegaConf.to_container(compose("config"), resolve=False)
+        stablemax = OmegaConf.to_container(compose("config", overrides=["loss=stablemax"]), resolve=False)
+    before = {k: v for k, v in now.items() if k not in ADDED}
+    before["model"] = {k: v for k, v in now["model"].items() if k not in ADDED}
+    assert set(ADDED) <= set(now) and set(ADDED) <= set(now["model"])
+    assert changes(before, now) == []
+    assert changes(before, stablemax) == ["loss: <unset> -> stablemax"]

@@ -1,7 +1,7 @@
 """The fused CPU training epoch (`fused.cpp`), compiled on first use and cached.
 
-`train_epoch` runs a whole epoch's minibatches of an `MLPStack` (forward, cross-entropy,
-hand-written backward, AdamW) in one C++ call, and `evaluate` a split's loss and accuracy.
+`train_epoch` runs a whole epoch's minibatches of an `MLPStack` (forward, loss, hand-written
+backward, Grokfast's filter, AdamW) in one C++ call, and `evaluate` a split's loss and accuracy.
 They are the CPU's fast path; `MLPStack.backward` with torch's fused AdamW stays the path on a
 GPU, and the one used where this kernel cannot be built (no C++ compiler): `available()` says
 which.
@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from modadd.config import ACTIVATIONS
+from modadd.config import ACTIVATIONS, LOSSES
+from modadd.module import GROKFAST_EMA
 
 log = logging.getLogger("modadd")
 
@@ -40,24 +41,31 @@ def available() -> bool:
 
 
 def train_epoch(W_in: Tensor, W_out: Tensor, states: list[dict], a: Tensor, b: Tensor, y: Tensor,
-                batch_size: int, group: dict, activation: str) -> tuple[Tensor, Tensor]:
+                batch_size: int, group: dict, activation: str, loss: str = "cross_entropy",
+                grokfast: tuple[float, float] | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """One epoch for `a, b, y: (K, n)` (the epoch's order) in minibatches of `batch_size`;
     updates the weights and the AdamW `states` (torch's, for W_in and W_out) in place.
-    Returns the sum over minibatches of the mean loss `(K,)` and the count of right answers `(K,)`."""
+    `grokfast`: Grokfast's (alpha, lambda), its EMAs in the `states` (`modadd.module.GROKFAST_EMA`).
+    Returns the sum over minibatches of the mean loss `(K,)`, the count of right answers `(K,)`
+    and of rows whose softmax collapsed `(K,)`."""
     step = float(states[0]["step"])
     beta1, beta2 = group["betas"]
-    loss, correct = torch.ops.modadd.train_epoch(
+    alpha, lamb = grokfast or (0.0, 0.0)
+    emas = [state[GROKFAST_EMA] if grokfast else None for state in states]
+    loss_sum, correct, collapsed = torch.ops.modadd.train_epoch(
         W_in, W_out, states[0]["exp_avg"], states[0]["exp_avg_sq"], states[1]["exp_avg"], states[1]["exp_avg_sq"],
-        step, a, b, y, batch_size, group["lr"], beta1, beta2, group["weight_decay"], group["eps"],
-        ACTIVATIONS.index(activation))
+        *emas, step, a, b, y, batch_size, group["lr"], beta1, beta2, group["weight_decay"], group["eps"], alpha, lamb,
+        ACTIVATIONS.index(activation), LOSSES.index(loss))
     steps = -(-a.shape[1] // batch_size)
     for state in states:
         state["step"] += steps
-    return loss, correct
+    return loss_sum, correct, collapsed
 
 
-def evaluate(W_in: Tensor, W_out: Tensor, a: Tensor, b: Tensor, y: Tensor, activation: str) -> tuple[Tensor, Tensor]:
-    """Mean cross-entropy `(K,)` (float64) and count of right answers `(K,)` of every member on the
-    pairs `a, b, y: (n,)`, without materialising the `(K, n, p)` logits."""
-    loss, correct = torch.ops.modadd.evaluate(W_in, W_out, a, b, y, ACTIVATIONS.index(activation))
-    return loss, correct
+def evaluate(W_in: Tensor, W_out: Tensor, a: Tensor, b: Tensor, y: Tensor, activation: str,
+             loss: str = "cross_entropy") -> tuple[Tensor, Tensor]:
+    """Mean loss `(K,)` (float64) and count of right answers `(K,)` of every member on the pairs
+    `a, b, y: (n,)`, without materialising the `(K, n, p)` logits."""
+    mean_loss, correct = torch.ops.modadd.evaluate(W_in, W_out, a, b, y, ACTIVATIONS.index(activation),
+                                                   LOSSES.index(loss))
+    return mean_loss, correct

@@ -134,12 +134,15 @@ class MLPStack(nn.Module):
         return torch.bmm(activate(self._hidden(a, b), self.activation), self.W_out)
 
     @torch.no_grad()
-    def backward(self, a: Tensor, b: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Cross-entropy of one minibatch per member; its exact gradients go to `.grad`.
+    def backward(self, a: Tensor, b: Tensor, y: Tensor, loss: str = "cross_entropy",
+                 collapsed: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The loss (`cross_entropy` or `stablemax`) of one minibatch per member; its exact
+        gradients go to `.grad`.
 
-        The counterpart of `loss.backward()` on `forward`, for `a, b, y: (K, B)`. The gradient
-        buffers are reused from step to step (fresh ones cost page faults on every step).
-        Returns `loss: (K,)` (mean over the batch) and `correct: (K,)` (count of right answers).
+        The counterpart of `loss.backward()` on `forward` (`modadd.module.log_probs`), for
+        `a, b, y: (K, B)`. The gradient buffers are reused from step to step (fresh ones cost page
+        faults on every step). Returns `loss: (K,)` (mean over the batch) and `correct: (K,)` (count
+        of right answers); adds the count of rows whose softmax collapsed to `collapsed: (K,)`.
         """
         K, B = a.shape
         two_p, hidden = self.W_in.shape[1:]
@@ -158,12 +161,32 @@ class MLPStack(nn.Module):
         right = logits.gather(-1, target)
         correct = ((right >= logits.amax(-1, keepdim=True)) & (right > logits.amin(-1, keepdim=True))).sum((1, 2))
         logp = logits.log_softmax(-1)
-        loss = -logp.gather(-1, target).mean((1, 2))
-        d_logits = logp.exp_().scatter_add_(-1, target, torch.full_like(target, -1, dtype=logp.dtype))
-        d_logits /= B
+        if collapsed is not None:
+            collapsed += (logp.amax(-1) == 0).sum(1)  # modadd.module.softmax_collapsed
+        if loss == "stablemax":
+            mean_loss, d_logits = _stablemax_backward(logits, target)
+        else:
+            mean_loss = -logp.gather(-1, target).mean((1, 2))
+            d_logits = logp.exp_().scatter_add_(-1, target, torch.full_like(target, -1, dtype=logp.dtype))
+            d_logits /= B
         torch.bmm(h.transpose(1, 2), d_logits, out=self.W_out.grad)
         d_pre = activation_backward(torch.bmm(d_logits, self.W_out.transpose(1, 2)), pre, h, self.activation)
         d_pre = d_pre.reshape(K * B, hidden)
         dW_in = self.W_in.grad.view(K * two_p, hidden).zero_()
         dW_in.index_add_(0, rows_a, d_pre).index_add_(0, rows_b, d_pre)
-        return loss, correct
+        return mean_loss, correct
+
+
+def _stablemax_backward(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """StableMax cross-entropy of `logits: (K, B, p)` against `target: (K, B, 1)`, in float64 as
+    `modadd.module.log_stablemax` computes it: the mean loss `(K,)` and its gradient `(K, B, p)`
+    in the logits' dtype. With s(x) = x + 1 (x >= 0), 1 / (1 - x) (x < 0) and S = sum s, the row's
+    loss is log S - log s_y, and d/dx_c = s'(x_c) / S - [c = y] s'(x_y) / s_y with s' = s^2 (x < 0), 1."""
+    x = logits.double()
+    negative = x < 0
+    s = torch.where(negative, 1 / (1 - x), x + 1)
+    total = s.sum(-1, keepdim=True)
+    s_y = s.gather(-1, target)
+    ds = torch.where(negative, s * s, 1.0)
+    d_logits = (ds / total).scatter_add_(-1, target, -ds.gather(-1, target) / s_y)
+    return -(s_y / total).log().mean((1, 2)), d_logits.div_(x.shape[1]).to(logits.dtype)

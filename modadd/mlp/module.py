@@ -9,6 +9,7 @@ call of the C++ kernel in `modadd.mlp.fused`, where it builds, and validation as
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
@@ -44,24 +45,27 @@ class MLPModule(GrokModule):
                 log.warning("the %d members all start from %s: they differ only through their batch orders "
                             "(not at all with shuffle=false or a full batch)", members, init)
 
-    def train_epoch(self, opt: LightningOptimizer, a: Tensor, b: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        if not (opt.optimizer.state and self._fused_cpu()):  # the kernel needs AdamW's state, made by the first epoch
+    def train_epoch(self, opt: LightningOptimizer, a: Tensor, b: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if not (opt.optimizer.state and self._fused_cpu()):  # the kernel needs AdamW's state (and EMAs) from epoch 0
             return super().train_epoch(opt, a, b, y)
-        loss_sum, correct = fused.train_epoch(
+        hp = self.hparams
+        sums = fused.train_epoch(
             self.net.W_in.detach(), self.net.W_out.detach(), [opt.optimizer.state[q] for q in self.net.parameters()],
-            a, b, y, self.batch_size(y.shape[1]), opt.optimizer.param_groups[0], self.hparams.activation)
+            a, b, y, self.batch_size(y.shape[1]), opt.optimizer.param_groups[0], hp.activation, hp.loss,
+            (hp.grokfast_alpha, hp.grokfast_lambda) if hp.grokfast else None)
         _count_step(opt)
-        return loss_sum, correct
+        return sums
 
     def _fused_cpu(self) -> bool:
         hp = self.hparams
         return hp.fast and hp.fused and self.device.type == "cpu" and fused.available()
 
-    def update(self, opt: LightningOptimizer, a: Tensor, b: Tensor, y: Tensor, last: bool) -> tuple[Tensor, Tensor]:
+    def update(self, opt: LightningOptimizer, a: Tensor, b: Tensor, y: Tensor, last: bool,
+               collapsed: Tensor) -> tuple[Tensor, Tensor]:
         if not self.hparams.fast:
-            return super().update(opt, a, b, y, last)
-        loss, correct = self.net.backward(a, b, y)
-        opt.step() if last else fused_adamw_step(opt.optimizer)
+            return super().update(opt, a, b, y, last, collapsed)
+        loss, correct = self.net.backward(a, b, y, self.hparams.loss, collapsed)
+        self.adamw_step(opt, last, partial(fused_adamw_step, opt.optimizer))
         return loss, correct
 
     @torch.no_grad()
@@ -69,8 +73,9 @@ class MLPModule(GrokModule):
         if not self._fused_cpu():
             return super().validation_step(batch, batch_idx)
         a, b, y = batch
-        loss, correct = fused.evaluate(self.net.W_in.detach(), self.net.W_out.detach(), a, b, y, self.hparams.activation)
-        self._record("val", loss.float(), correct / len(y))
+        hp = self.hparams
+        loss, correct = fused.evaluate(self.net.W_in.detach(), self.net.W_out.detach(), a, b, y, hp.activation, hp.loss)
+        self._record("val", loss=loss.float(), acc=correct / len(y))
 
 
 def _count_step(opt: LightningOptimizer) -> None:
