@@ -300,7 +300,7 @@ def summary_rows(runs: list[Run], units: list, results: dict) -> list[dict]:
                 **{key: final[0].get(key) for key in ("train/loss", "train/acc", "val/loss", "val/acc")},
                 "full_acc": res.get("full_acc"),
                 **{f"grokking_{k2}": v for k2, v in res.get("grokking", grokking_epochs(curve)).items()},
-                "phase": learning_phase(curve, run.status),
+                "phase": _phase(run, curve, per_member),
                 "frac_same_freq": res.get("fit", {}).get("frac_same_freq"),
                 "phase_sum_error_median": res.get("fit", {}).get("phase_sum_error_median"),
                 "r2_mean_out": res.get("fit", {}).get("r2_mean", {}).get("out"),
@@ -314,6 +314,15 @@ def summary_rows(runs: list[Run], units: list, results: dict) -> list[dict]:
                 **{f"phase_{name}": phases.get(name) for name in ("memorisation_end", "circuit_formation_end", "cleanup_end")},
             })
     return rows
+
+
+def _phase(run: Run, curve: list[dict], per_member: bool) -> str | None:
+    """The row's learning phase; for a row of several members (a stacked job not analysed member by
+    member), theirs if they all share one, else None."""
+    if per_member or (run.members or 1) == 1:
+        return learning_phase(curve, run.status)
+    phases = {learning_phase(_member_rows(run.metrics, k, True), run.status) for k in range(run.members)}
+    return phases.pop() if len(phases) == 1 else None
 
 
 def in_sweep_order(runs: list[Run]) -> list[Run]:

@@ -37,6 +37,7 @@ IRRELEVANT = 0.5  # distance irrelevance at or above: the distance a - b does no
 SAMPLES = 1000  # triples (a, b, c) of the gradient symmetricity (the paper's notebook: 100)
 
 
+@torch.no_grad()  # a transformer's parameters require grad: no graph may chain the chunks together
 def correct_logits(logits: LogitChunks, p: int) -> Tensor:
     """`(p, p)`: the logit of the right answer (a + b) mod p for every pair [a, b], from the
     all-pairs logits in chunks (`(n, p)` per slice of the rows a*p + b)."""
@@ -59,14 +60,18 @@ def distance_irrelevance(correct: Tensor) -> float:
 def gradient_symmetricity(logits_from_embeddings: Callable[[Tensor, Tensor], Tensor], E_a: Tensor, E_b: Tensor,
                           samples: int = SAMPLES, seed: int = 0) -> float:
     """Mean cosine similarity of d logit_c / d E_a[a] and d logit_c / d E_b[b] over `samples`
-    random triples; `E_a, E_b: (p, d)` are the embeddings of a and of b, and
-    `logits_from_embeddings(e_a, e_b)` maps `(n, d)` rows of them to logits `(n, p)`."""
+    random triples, leaving out those where either gradient is zero (no direction: the paper's
+    notebook would give NaN); `E_a, E_b: (p, d)` are the embeddings of a and of b, and
+    `logits_from_embeddings(e_a, e_b)` maps `(n, d)` rows of them to logits `(n, p)`. NaN if
+    every triple has a zero gradient. The network's own parameters get no `.grad`."""
     p = E_a.shape[0]
     a, b, c = torch.randint(p, (3, samples), generator=torch.Generator().manual_seed(seed))
     e_a, e_b = (E[i].detach().clone().requires_grad_() for E, i in ((E_a, a), (E_b, b)))
     with torch.enable_grad():
-        logits_from_embeddings(e_a, e_b).gather(1, c[:, None]).sum().backward()
-    return F.cosine_similarity(e_a.grad.double(), e_b.grad.double(), dim=1).mean().item()
+        right = logits_from_embeddings(e_a, e_b).gather(1, c[:, None]).sum()
+        g_a, g_b = (g.double() for g in torch.autograd.grad(right, (e_a, e_b)))
+    directed = (g_a.norm(dim=1) > 0) & (g_b.norm(dim=1) > 0)
+    return F.cosine_similarity(g_a[directed], g_b[directed], dim=1).mean().item()
 
 
 def clock_or_pizza(logits: LogitChunks, logits_from_embeddings: Callable[[Tensor, Tensor], Tensor],

@@ -26,12 +26,13 @@ GROKKING_MIN_DELAY = 10  # ... if it is also at least this many epochs later
 
 
 def learning_phase(rows: Sequence[dict[str, float]], status: str = "ok", threshold: float = 0.99) -> str | None:
-    """The run's phase, from its final accuracies and the epochs at which they reached `threshold`:
+    """The run's phase, from its final accuracies (the last finite ones) and the epochs at which
+    they first reached `threshold`:
 
     - `confusion`: the final training accuracy is below `threshold` (it never fitted its training set);
     - `memorisation`: training fitted, the final validation accuracy is below `threshold`;
     - `grokking`: both fitted, validation first reached `threshold` at least `GROKKING_RATIO` times
-      as late as training did and at least `GROKKING_MIN_DELAY` epochs later;
+      as late as training did (epochs counted from 1) and at least `GROKKING_MIN_DELAY` epochs later;
     - `comprehension`: both fitted, validation not that late.
 
     `diverged` for a run whose loss became non-finite; None for a run that has not finished
@@ -41,12 +42,16 @@ def learning_phase(rows: Sequence[dict[str, float]], status: str = "ok", thresho
         return "diverged"
     if status not in ("ok", "wandb_failed") or not rows:
         return None
-    final = rows[-1]
-    if not final.get("train/acc", math.nan) >= threshold:
+    if not _last(rows, "train/acc") >= threshold:
         return "confusion"
-    if not final.get("val/acc", math.nan) >= threshold:
+    if not _last(rows, "val/acc") >= threshold:
         return "memorisation"
     epochs = grokking_epochs(rows, threshold)
-    train, val = epochs["train_epoch"], epochs["val_epoch"]
+    train, val = epochs["train_epoch"] + 1, epochs["val_epoch"] + 1  # epochs counted from 1: a ratio to epoch 0 means nothing
     late = val >= GROKKING_RATIO * train and val - train >= GROKKING_MIN_DELAY
     return "grokking" if late else "comprehension"
+
+
+def _last(rows: Sequence[dict[str, float]], key: str) -> float:
+    """The last finite value of `key` (validation may not run every epoch), NaN if none."""
+    return next((r[key] for r in reversed(rows) if math.isfinite(r.get(key, math.nan))), math.nan)

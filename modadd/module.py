@@ -18,8 +18,9 @@ Two grokking accelerators are options of every path: `loss=stablemax` (Prieto et
 StableMax cross-entropy in place of softmax's) and `grokfast=ema` (Lee et al. 2024, the gradients'
 EMA added to them before each step, the EMA kept in the optimizer's state so checkpoints carry
 it). Each epoch also records `train/softmax_collapse` (Prieto et al.): the fraction of its training
-rows whose softmax rounded to exactly one-hot in the loss dtype, where cross-entropy's gradient
-vanishes.
+rows whose softmax rounded to exactly one-hot in the loss dtype: where the one is the right
+class, that row's cross-entropy gradient is exactly zero. Whether a borderline row rounds so
+depends on the order of the sum, so the paths (and the paper's code) may count it differently.
 
 The epoch's metrics go to `self.epoch_metrics`; callbacks add their own and the `EpochLog`
 callback writes the row to metrics.csv and to every logger once (no per-step `self.log`).
@@ -187,7 +188,8 @@ def log_stablemax(logits: Tensor) -> Tensor:
     """StableMax's log-probabilities (Prieto et al. 2025, their `log_stablemax`): softmax with exp
     replaced by s(x) = x + 1 (x >= 0), 1 / (1 - x) (x < 0), which grows linearly, so the
     probabilities do not round to one-hot where softmax's do."""
-    s = torch.where(logits < 0, 1 / (1 - logits), logits + 1)
+    # the branch not taken is computed too: clamped, so that a logit of exactly 1 gives no 1/0 (a NaN gradient)
+    s = torch.where(logits < 0, 1 / (1 - logits.clamp(max=0)), logits + 1)
     return (s / s.sum(-1, keepdim=True)).log()
 
 

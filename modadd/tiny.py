@@ -235,7 +235,8 @@ def describe_min(params: Params, unused: float = 0.05, aligned: float = 0.999) -
                 roles[name] = "unused"
                 continue
             used += 1
-            cos = (w @ _t([1, -1])).item() / (math.sqrt(2) * w.norm().item())
+            norm = w.norm().item()  # 0: a constant neuron (its bias alone), of no direction
+            cos = (w @ _t([1, -1])).item() / (math.sqrt(2) * norm) if norm else 0.0
             if abs(cos) >= aligned:
                 scale, arg = (w[0].item(), "a - b") if cos > 0 else (w[1].item(), "b - a")
                 coefficients[f"ReLU({arg})"] += v * scale

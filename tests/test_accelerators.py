@@ -117,6 +117,15 @@ def test_stablemax_loss_equals_its_formula_where_softmax_collapses_and_where_not
     assert got[2:].gt(1e-5).all()  # StableMax's still has one
 
 
+def test_stablemax_gradient_is_finite_at_a_logit_of_exactly_one():
+    """torch.where computes both branches: 1 / (1 - x) at x = 1 was inf, and its backward a NaN."""
+    logits = torch.tensor([[[1.0, 0.5, -2.0]]], requires_grad=True)
+    (-log_probs(logits, "stablemax", torch.float32)[0, 0, 1]).backward()  # the loss of class 1
+    s = torch.tensor([2.0, 1.5, 1 / 3], dtype=torch.float64)  # s(x), and s'(x) = 1, 1, s^2 below
+    expected = torch.stack([1 / s.sum(), 1 / s.sum() - 1 / s[1], s[2] ** 2 / s.sum()]).float()
+    torch.testing.assert_close(logits.grad[0, 0], expected)
+
+
 def collapsing_module(loss: str, **path) -> MLPModule:
     """Two members whose logits depend on `a` alone: row a is 40 on class a (member 0: for even a,
     member 1: for a % 3 == 0), where softmax collapses in float32, or 2 (it does not), 0 elsewhere.

@@ -100,6 +100,27 @@ def test_an_mlp_is_symmetric_but_its_phases_decide_the_distance():
     assert result["algorithm"] == "neither"
 
 
+def test_zero_gradients_have_no_direction_and_are_left_out():
+    """A ReLU MLP whose neurons are all off at some pairs: there the gradients are zero and count for
+    nothing (not as a cosine of 0, which would make an adding network look less than symmetric)."""
+    fc1, fc2 = construct.random_cosine_network(P, 8, torch.Generator().manual_seed(4))
+    fc1 = fc1 - 0.7  # every neuron off at 42 % of the pairs
+    dead = (activate(fc1[:, :P].T[:, None] + fc1[:, P:].T[None]) == 0).all(-1)  # (a, b): every neuron off
+    assert 0 < dead.float().mean() < 1
+    symmetricity = clock_pizza.gradient_symmetricity(lambda e_a, e_b: activate(e_a + e_b) @ fc2.T, fc1[:, :P].T, fc1[:, P:].T)
+    assert math.isclose(symmetricity, 1, abs_tol=1e-6)
+
+
+def test_the_measures_leave_a_transformer_without_gradients_or_graphs():
+    net = TransformerStack.init(P, d_model=16, n_heads=2, d_head=4, d_mlp=32, seeds=[0])
+    from modadd.transformer.analysis import clock_or_pizza, logit_chunks
+
+    assert not clock_pizza.correct_logits(logit_chunks(net), P).requires_grad
+    result = clock_or_pizza(net)
+    assert all(param.grad is None for param in net.parameters())
+    assert -1 <= result["gradient_symmetricity"] <= 1 and result["distance_irrelevance"] > 0
+
+
 def test_transformer_logits_from_embeddings_are_its_logits():
     net = TransformerStack.init(P, d_model=32, n_heads=2, d_head=8, d_mlp=64, seeds=[0, 1])
     a, b = all_pairs(P)

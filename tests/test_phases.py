@@ -10,7 +10,7 @@ from modadd.grokking import GROKKING_MIN_DELAY, GROKKING_RATIO, PHASES, learning
 def curve(train_at: int | None, val_at: int | None, epochs: int = 1000, val_final: float | None = None) -> list[dict]:
     """Accuracy 0.1 until the given epoch, 1.0 from it (None: never); `val_final` overrides the last row."""
     rows = [{"epoch": e, "train/acc": 1.0 if train_at is not None and e >= train_at else 0.1,
-             "val/acc": 1.0 if val_at is not None and e >= val_at else 0.1} for e in range(1, epochs + 1)]
+             "val/acc": 1.0 if val_at is not None and e >= val_at else 0.1} for e in range(epochs)]  # 0-based, as logged
     if val_final is not None:
         rows[-1]["val/acc"] = val_final
     return rows
@@ -18,14 +18,17 @@ def curve(train_at: int | None, val_at: int | None, epochs: int = 1000, val_fina
 
 @pytest.mark.parametrize("rows, phase", [
     (curve(100, 120), "comprehension"),
-    (curve(100, 499), "comprehension"),        # validation less than 5 times as late
-    (curve(100, 500), "grokking"),             # 5 times as late
+    (curve(100, 503), "comprehension"),        # epoch 504 (from 1) is less than 5 times 101
+    (curve(100, 504), "grokking"),             # 505 is 5 times as late
     (curve(1, GROKKING_MIN_DELAY), "comprehension"),  # 10 times as late but only a few epochs
     (curve(100, 900), "grokking"),
     (curve(100, None), "memorisation"),
     (curve(100, 120, val_final=0.5), "memorisation"),  # generalised, then lost it: the final accuracy counts
     (curve(None, None), "confusion"),
     (curve(None, 500), "confusion"),            # validation without the training set: still not fitted
+    (curve(2, 12), "comprehension"),            # counted from 1, 13 is not 5 times 3 (from 0, 12 is 6 times 2)
+    (curve(0, 10), "grokking"),                 # 11 is 11 times 1, and 10 epochs later
+    (curve(100, 900) + [{"epoch": 1001, "train/acc": 1.0, "val/acc": float("nan")}], "grokking"),  # no validation in the last row
 ])
 def test_phase_of_a_finished_run(rows, phase):
     assert GROKKING_RATIO == 5  # the README's rule
