@@ -28,6 +28,7 @@ HOW = ("logger", "trainer", "progress_every", "threads", "init")
 # knobs added after runs were first written, at the value that computes what those runs computed:
 # a run dir made before a knob existed continues at that value (also as `model.<knob>: ${<knob>}`)
 ADDED = {"loss": "cross_entropy", "grokfast": None, "grokfast_alpha": 0.98, "grokfast_lambda": 2.0}
+GROKFAST_KNOBS = ("grokfast_alpha", "grokfast_lambda")  # they change nothing while grokfast is null
 
 
 class RunDirError(RuntimeError):
@@ -35,7 +36,8 @@ class RunDirError(RuntimeError):
 
 
 def changes(before: Mapping, after: Mapping) -> list[str]:
-    """How config `after` differs from `before` as `key: old -> new`, leaving out `HOW` and a raised `epochs`."""
+    """How config `after` differs from `before` as `key: old -> new`, leaving out `HOW`, a raised
+    `epochs`, knobs added since `before` at their `ADDED` value, and Grokfast's settings while it is off."""
     old, new = _flat(before), _flat(after)
     found = []
     for key in sorted(old.keys() | new.keys()):
@@ -47,6 +49,8 @@ def changes(before: Mapping, after: Mapping) -> list[str]:
         name = key.removeprefix("model.")
         if key not in old and name in ADDED and b in (ADDED[name], f"${{{name}}}"):
             continue  # a run made before the knob existed
+        if name in GROKFAST_KNOBS and old.get("grokfast") is None and new.get("grokfast") is None:
+            continue  # Grokfast's settings while it is off
         found.append(f"{key}: {a} -> {b}")
     return found
 

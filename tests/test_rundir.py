@@ -211,3 +211,13 @@ def test_a_run_made_before_a_knob_existed_continues_at_its_default_only():
     assert set(ADDED) <= set(now) and set(ADDED) <= set(now["model"])
     assert changes(before, now) == []
     assert changes(before, stablemax) == ["loss: <unset> -> stablemax"]
+
+
+def test_grokfasts_settings_are_no_change_while_it_is_off():
+    from modadd.rundir import changes
+
+    off = {"grokfast": None, "grokfast_alpha": 0.98, "grokfast_lambda": 2.0, "model": {"grokfast_alpha": "${grokfast_alpha}"}}
+    assert changes(off, {**off, "grokfast_alpha": 0.9, "grokfast_lambda": 5.0}) == []
+    on = {**off, "grokfast": "ema"}
+    assert changes(on, {**on, "grokfast_alpha": 0.9}) == ["grokfast_alpha: 0.98 -> 0.9"]
+    assert changes(off, {**on, "grokfast_alpha": 0.9}) == ["grokfast: None -> ema", "grokfast_alpha: 0.98 -> 0.9"]
