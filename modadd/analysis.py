@@ -13,7 +13,6 @@ half written (no empty PNG).
 from __future__ import annotations
 
 import ctypes
-import errno
 import json
 import logging
 import math
@@ -21,7 +20,6 @@ import multiprocessing
 import os
 import signal
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -32,17 +30,15 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from modadd import clock_pizza, fourier, plots  # noqa: E402
 from modadd.chunks import chunks  # noqa: E402
 from modadd.mlp import construct, experiments  # noqa: E402
-from modadd.mlp.model import activate  # noqa: E402
 from modadd.data import labels, operation_pairs, split  # noqa: E402
 from modadd.grokking import grokking_epochs, learning_phase  # noqa: E402
-from modadd.files import WriteError, save_atomic, write_atomic, write_csv, writing  # noqa: E402
-from modadd.report import Section, Table, png_bytes, write_report  # noqa: E402
+from modadd.files import WriteError, make_output_dir, save_atomic, write_atomic, write_csv  # noqa: E402
+from modadd.report import Section, Table, save_figure, write_report  # noqa: E402
 from modadd.runs import (  # noqa: E402
     Run, RunError, find_jobs, load_run, load_transformer_weights, load_weights, unstarted_jobs,
 )
@@ -87,7 +83,7 @@ def analyze(path: str | Path, out: str | Path | None = None, settings: Settings 
     skipped = ", ".join(f"{n} {status}" for status, n in Counter(r.status for r in runs if not r.analysable).items())
     progress(f"{len(runs)} job(s) under {path}: analysing {len(todo)}" + (f", skipping {skipped}" if skipped else ""))
     if units:
-        _make_out(out)  # before the work: a bad output path fails in a second, not after the analysis
+        make_output_dir(out, "the analysis")
 
     member_counts = {r.path: r.members or 1 for r in runs}
     results: dict[tuple[Path, int], dict] = {}
@@ -124,7 +120,7 @@ def analyze(path: str | Path, out: str | Path | None = None, settings: Settings 
             if run.family == "mlp":
                 result["random_cosine"] = curves[(_basis_size(run), _activation(run))]
             if result.get("random_cosine"):
-                _save_figure(plots.random_cosine_curve(result["random_cosine"]), unit_dir / "random_cosine.png")
+                save_figure(plots.random_cosine_curve(result["random_cosine"]), unit_dir / "random_cosine.png")
             result["status"] = run.status
             write_atomic(unit_dir / "analysis.json", json.dumps(result, indent=2, allow_nan=True), what="the job's analysis")
     rows = summary_rows(runs, units, results)
@@ -157,10 +153,11 @@ def analyze_member(job: Path, member: int, out: Path, settings: Settings) -> dic
     replacement = experiments.replacement_curve(fc1, fc2, orders=settings.orders, seed=settings.seed, activation=activation)
     ablation = experiments.frequency_ablation(fc1, fc2, fits, activation)
     key_freqs = fourier.key_frequencies(fits)
-    algorithm = clock_pizza.clock_or_pizza(fourier.logit_chunks(fc1, fc2, activation),
-                                           lambda e_a, e_b: activate(e_a + e_b, activation) @ fc2.T,
+    logits = fourier.logit_chunks(fc1, fc2, activation)  # in the addition basis: computed once where they fit
+    algorithm = clock_pizza.clock_or_pizza(logits,
+                                           partial(fourier.logits_from_embeddings, fc2=fc2, activation=activation),
                                            fc1[:, : fc2.shape[0]].T, fc1[:, fc2.shape[0] :].T)
-    key_ablation = fourier.key_frequency_ablation(fourier.logit_chunks(fc1, fc2, activation), fc2.shape[0], key_freqs)
+    key_ablation = fourier.key_frequency_ablation(logits, fc2.shape[0], key_freqs)
     rows = _member_rows(run.metrics, member, (run.members or 1) > 1)
     result = {
         "job": str(job), "member": member, "family": "mlp", "p": p, "hidden": hidden, "status": "analysed",
@@ -198,7 +195,7 @@ def analyze_member(job: Path, member: int, out: Path, settings: Settings) -> dic
     }
     for name, fig in figures.items():
         if fig is not None:
-            _save_figure(fig, out / f"{name}.png")
+            save_figure(fig, out / f"{name}.png")
     write_csv(out / "neurons.csv", _neuron_rows(fits), what="the neurons' fits")
     return result
 
@@ -216,7 +213,7 @@ def analyze_construction(name: str, p: int, out: str | Path, settings: Settings,
     """
     activation = activation or construct.CONSTRUCTIONS[name][1]
     out = Path(out)
-    _make_out(out)
+    make_output_dir(out, "the constructions")
     rows = []
     draws = experiments.construction_draws(name, p, settings.neurons, settings.draws, settings.seed, activation)
     for n, fc1, fc2, acc in draws:
@@ -230,7 +227,7 @@ def analyze_construction(name: str, p: int, out: str | Path, settings: Settings,
                      "frac_same_freq": stats["frac_same_freq"].item(),
                      "phase_sum_error_median": stats["phase_sum_error_median"].item()})
     write_csv(out / "construction.csv", rows, what="the accuracies of the constructions")
-    _save_figure(plots.random_cosine_curve(rows, name=f"{name} ({activation})"), out / "accuracy_vs_neurons.png")
+    save_figure(plots.random_cosine_curve(rows, name=f"{name} ({activation})"), out / "accuracy_vs_neurons.png")
     progress(f"{name} construction, p={p}, {activation} activation, {settings.draws} draw(s) per N, seed {settings.seed}")
     progress(f"{'N':>6} {'acc mean':>9} {'acc std':>8} {'min':>8} {'max':>8}")
     for r in rows:
@@ -260,7 +257,7 @@ def _analyze_transformer_member(run: Run, member: int, out: Path) -> dict:
     figures["grokking_curves"] = plots.grokking_curves(rows) if rows else None
     for name, fig in figures.items():
         if fig is not None:
-            _save_figure(fig, out / f"{name}.png")
+            save_figure(fig, out / f"{name}.png")
     return result
 
 
@@ -502,28 +499,9 @@ def _sweep_figures(rows: list[dict], runs: list[Run], out: Path) -> list[tuple[s
     saved = []
     for i, (caption, fig) in enumerate(figures.items()):
         path = out / f"sweep_{i}.png"
-        _save_figure(fig, path)
+        save_figure(fig, path)
         saved.append((caption, str(path)))
     return saved
-
-
-def _save_figure(fig, path: Path) -> None:
-    """The figure as the report's PNG (`report.png_bytes`), written atomically (a full disk leaves
-    no empty PNG), then closed."""
-    try:
-        png = png_bytes(fig)
-        save_atomic(lambda tmp: tmp.write_bytes(png), path, f"the figure {path.stem.replace('_', ' ')}")
-    finally:
-        plt.close(fig)
-
-
-def _make_out(out: Path) -> None:
-    """Create the output dir and check that it takes a file, or raise `WriteError` (one line)."""
-    if out.exists() and not out.is_dir():
-        raise WriteError(errno.EEXIST, f"{out} is a file, not a directory: give the output a directory (--out)")
-    with writing(out, "the analysis"):
-        out.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=out).close()
 
 
 def _unit_dir(out: Path, run: Run, member: int, sweep: bool) -> Path:

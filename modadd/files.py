@@ -10,9 +10,11 @@ the file.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import math
 import os
+import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +38,16 @@ def writing(path: str | os.PathLike, what: str) -> Iterator[None]:
         raise
     except OSError as err:
         raise WriteError(err.errno, f"{err.strerror or err}: could not write {path} ({what})") from None
+
+
+def make_output_dir(out: Path, what: str) -> None:
+    """Create the output dir `out` of `what` and check that it takes a file, or raise `WriteError`
+    (one line): before the work, so a bad output path fails in a second, not after it."""
+    if out.exists() and not out.is_dir():
+        raise WriteError(errno.EEXIST, f"{out} is a file, not a directory: give the output a directory (--out)")
+    with writing(out, what):
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
 
 
 def save_atomic(write: Callable[[Path], object], path: str | os.PathLike, what: str) -> Path:

@@ -293,8 +293,14 @@ def all_pairs_logits(fc1: Tensor, fc2: Tensor, activation: str = "relu", rows: s
     r = torch.arange(*rows.indices(p * p), device=fc1.device)
     w_a = fc1[..., :p].transpose(-1, -2)  # (..., p, hidden)
     w_b = fc1[..., p:].transpose(-1, -2)
-    hidden = activate(w_a[..., r // p, :] + w_b[..., r % p, :], activation, inplace=True)  # (..., n, hidden)
-    return hidden @ fc2.transpose(-1, -2)
+    return logits_from_embeddings(w_a[..., r // p, :], w_b[..., r % p, :], fc2, activation)
+
+
+def logits_from_embeddings(e_a: Tensor, e_b: Tensor, fc2: Tensor, activation: str = "relu") -> Tensor:
+    """Logits `(..., n, p)` from the columns of fc1 that n pairs' one-hot inputs select,
+    `e_a, e_b: (..., n, hidden)` (the embeddings of a and b, which gradients can be taken at)."""
+    needs_grad = e_a.requires_grad or e_b.requires_grad  # an in-place x^2 would lose the x its gradient needs
+    return activate(e_a + e_b, activation, inplace=not needs_grad) @ fc2.transpose(-1, -2)
 
 
 def logit_row_bytes(p: int, hidden: int) -> int:

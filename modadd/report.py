@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from scipy.spatial import cKDTree
 
-from modadd.files import plain, write_atomic
+from modadd.files import plain, save_atomic, write_atomic
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -144,6 +144,13 @@ def _pack(rgb: np.ndarray) -> np.ndarray:
 
 def _unpack(packed: np.ndarray) -> np.ndarray:
     return np.stack([packed >> 16, (packed >> 8) & 255, packed & 255], axis=-1)
+
+
+def save_figure(fig: Figure, path: Path) -> None:
+    """The figure as the report's PNG (`png_bytes`), written atomically: a full disk leaves no
+    empty PNG."""
+    png = png_bytes(fig)
+    save_atomic(lambda tmp: tmp.write_bytes(png), path, f"the figure {path.stem.replace('_', ' ')}")
 
 
 def figure_to_data_uri(fig: Figure) -> str:

@@ -34,7 +34,6 @@ dicts of tensors named like the article's `state_dict` keys.
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -47,7 +46,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from modadd.files import WriteError, save_atomic, write_atomic, write_csv, writing
+from modadd.files import make_output_dir, write_atomic, write_csv
 
 Params = dict[str, Tensor]
 Arrays = dict[str, np.ndarray]  # the same weights as numpy arrays, as the trainers step them
@@ -452,13 +451,6 @@ def _is_even_figure(nets: dict[str, Params], losses: list[float]) -> Figure:
     return fig
 
 
-def _save_figure(fig: Figure, path: Path) -> None:
-    from modadd.report import png_bytes  # PIL, scipy: only when figures are drawn
-
-    png = png_bytes(fig)
-    save_atomic(lambda tmp: tmp.write_bytes(png), path, f"the figure {path.stem.replace('_', ' ')}")
-
-
 # ---------------------------------------------------------------------------- the table
 
 COLUMNS = ["function", "kind", "network", "domain", "domain_size", "accuracy", "max_error", "loss", "weights",
@@ -544,23 +536,22 @@ def write_tiny(out: str | Path, seed: int = 0) -> list[dict[str, Any]]:
     (one row per network: `COLUMNS`), tiny.json (the rows plus full weights, the measures and the
     training setups and loss curves), tiny_less_than_10.png, tiny_min.png, tiny_is_even.png; all
     atomically. Returns the rows as in tiny.json (`WriteError` where `out` cannot be written)."""
+    from modadd.report import save_figure  # PIL, scipy: only when figures are drawn
+
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise WriteError(errno.EEXIST, f"{out} is a file, not a directory: give the output a directory (--out)")
-    with writing(out, "the tiny networks"):
-        out.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out, "the tiny networks")
     rows, trained, built = tiny_rows(seed)
     write_csv(out / "tiny.csv", rows, COLUMNS, what="the tiny networks")
     curves = {name: {"every": max(1, len(t.losses) // 500), "loss": t.losses[:: max(1, len(t.losses) // 500)]}
               for name, t in trained.items()}  # the loss before step 1, 1 + every, ...
     write_atomic(out / "tiny.json", json.dumps({"seed": seed, "networks": rows, "loss_curves": curves}, indent=1),
                  what="the tiny networks")
-    _save_figure(_less_than_figure({**{n: built[n] for n in ("sigmoid(10 - x)", "sigmoid(100 (10 - x))")},
+    save_figure(_less_than_figure({**{n: built[n] for n in ("sigmoid(10 - x)", "sigmoid(100 (10 - x))")},
                                     "trained": trained["x < 10"].params}), out / "tiny_less_than_10.png")
     min_nets = {"Equation 1": built[next(iter(HAND_BUILT_MIN))], "a - ReLU(a - b)": built["a - ReLU(a - b)"],
                 "trained": trained["min(a, b)"].params}
-    _save_figure(_min_figure(min_nets, trained["min(a, b)"].params), out / "tiny_min.png")
-    _save_figure(_is_even_figure({"hand-built": built["is_even"], "trained": trained["is_even"].params},
+    save_figure(_min_figure(min_nets, trained["min(a, b)"].params), out / "tiny_min.png")
+    save_figure(_is_even_figure({"hand-built": built["is_even"], "trained": trained["is_even"].params},
                                  trained["is_even"].losses), out / "tiny_is_even.png")
     return rows
 

@@ -2,6 +2,7 @@
 the paper's own formulas computed independently here."""
 
 import math
+from functools import partial
 
 import numpy as np
 import torch
@@ -83,7 +84,7 @@ def test_a_pizza_is_a_pizza():
     assert fourier.all_pairs_logits(fc1, fc2, "quadratic").argmax(-1).eq(torch.arange(P * P).div(P, rounding_mode="floor")
                                                                           .add(torch.arange(P * P) % P) % P).all()
     result = clock_pizza.clock_or_pizza(fourier.logit_chunks(fc1, fc2, "quadratic"),
-                                        lambda e_a, e_b: activate(e_a + e_b, "quadratic") @ fc2.T, fc1[:, :P].T, fc1[:, P:].T)
+                                        partial(fourier.logits_from_embeddings, fc2=fc2, activation="quadratic"), fc1[:, :P].T, fc1[:, P:].T)
     assert math.isclose(result["gradient_symmetricity"], 1, abs_tol=1e-12)  # it only ever sees E(a) + E(b)
     assert result["distance_irrelevance"] < 1e-6  # the right logit is a function of a - b alone
     assert result["algorithm"] == "pizza"
@@ -93,7 +94,7 @@ def test_an_mlp_is_symmetric_but_its_phases_decide_the_distance():
     """Bussmann's random cosine network adds W_a + W_b (symmetricity 1) but gives each neuron its own
     phase offset, which smears the distance out: neither a clock nor a pizza by the paper's measures."""
     fc1, fc2 = construct.random_cosine_network(P, 256, torch.Generator().manual_seed(3))
-    result = clock_pizza.clock_or_pizza(fourier.logit_chunks(fc1, fc2), lambda e_a, e_b: activate(e_a + e_b) @ fc2.T,
+    result = clock_pizza.clock_or_pizza(fourier.logit_chunks(fc1, fc2), partial(fourier.logits_from_embeddings, fc2=fc2),
                                         fc1[:, :P].T, fc1[:, P:].T)
     assert math.isclose(result["gradient_symmetricity"], 1, abs_tol=1e-6)
     assert result["distance_irrelevance"] > 0.9
@@ -107,7 +108,7 @@ def test_zero_gradients_have_no_direction_and_are_left_out():
     fc1 = fc1 - 0.7  # every neuron off at 42 % of the pairs
     dead = (activate(fc1[:, :P].T[:, None] + fc1[:, P:].T[None]) == 0).all(-1)  # (a, b): every neuron off
     assert 0 < dead.float().mean() < 1
-    symmetricity = clock_pizza.gradient_symmetricity(lambda e_a, e_b: activate(e_a + e_b) @ fc2.T, fc1[:, :P].T, fc1[:, P:].T)
+    symmetricity = clock_pizza.gradient_symmetricity(partial(fourier.logits_from_embeddings, fc2=fc2), fc1[:, :P].T, fc1[:, P:].T)
     assert math.isclose(symmetricity, 1, abs_tol=1e-6)
 
 
