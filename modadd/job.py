@@ -73,8 +73,7 @@ def _run(cfg: DictConfig, out: Path) -> float:
     if done is not None:
         log.info("%s already finished (%s): skipped", out, done["status"])
         return done["final"].get("val/acc", math.nan)
-    for stale in [out / "summary.json", *out.glob("model*.pt")]:  # they told how an earlier attempt ended
-        stale.unlink(missing_ok=True)
+    start_fresh(out)
     with signals.deferred():
         summary = _fit(cfg, out)
     if signals.received() is not None and "joblib" not in str(HydraConfig.get().launcher.get("_target_", "")):
@@ -142,9 +141,8 @@ def _checkpoint(out: Path) -> Path:
 
 
 def _fit(cfg: DictConfig, out: Path) -> dict:
-    """Train, then record how it ended (see the module's docstring). A failed disk write ends
-    the process with one line (exit 1); any other error is recorded and raised."""
-    trainer, error = None, None
+    """Train, then record how it ended (see `end_job`)."""
+    trainer, module, error = None, None, None
     try:
         last = _checkpoint(out)
         resume = last if last.exists() else None
@@ -152,12 +150,29 @@ def _fit(cfg: DictConfig, out: Path) -> dict:
         if resume:
             log.info("resuming from %s", resume)
         trainer.fit(module, datamodule=data, ckpt_path=resume)
-        if signals.received() is None or trainer.current_epoch >= cfg.epochs:
-            _save_models(module, out)
     except BaseException as err:  # noqa: BLE001 - every ending is recorded
         error = err
+    return end_job(cfg, out, error, trainer, module)
+
+
+def start_fresh(out: Path) -> None:
+    """Remove what told how an earlier attempt in `out` ended (its summary, its models)."""
+    for stale in [out / "summary.json", *out.glob("model*.pt")]:
+        stale.unlink(missing_ok=True)
+
+
+def end_job(cfg: DictConfig, out: Path, error: BaseException | None, trainer: L.Trainer | None,
+            module: GrokModule | None) -> dict:
+    """Save the models of a job that trained to its end (or to a stop for divergence), write
+    its summary.json and close its W&B run. A failed disk write ends the process with one line
+    (exit 1); any other error is recorded and raised."""
+    if error is None and trainer is not None and (signals.received() is None or trainer.current_epoch >= cfg.epochs):
+        try:
+            _save_models(module, out)
+        except BaseException as err:  # noqa: BLE001 - recorded as the job's ending
+            error = err
     summary = _ending(cfg, out, error, trainer)
-    _close_tracking(summary, trainer)
+    _close_tracking(summary, trainer.loggers if trainer is not None else [])
     try:
         _write_summary(out, summary)
     except (OSError, WriteError) as err:
@@ -172,17 +187,20 @@ def _fit(cfg: DictConfig, out: Path) -> dict:
     return summary
 
 
-def _close_tracking(summary: dict, trainer: L.Trainer | None) -> None:
-    """Give the W&B run the job's ending and close it; a run that did not close cleanly turns
+def _close_tracking(summary: dict, loggers: list) -> None:
+    """Give the job's W&B run its ending and close it; a run that did not close cleanly turns
     an `ok` or `diverged` job into `wandb_failed` (its model and metrics are whole)."""
+    runs = []
     try:
-        for logger in trainer.loggers if trainer is not None else []:
-            if hasattr(logger.experiment, "summary"):
-                logger.experiment.summary.update({k: summary.get(k) for k in ("status", "grokking")})
+        runs = [logger.experiment for logger in loggers if hasattr(logger.experiment, "summary")]
+        for run in runs:
+            run.summary.update({k: summary.get(k) for k in ("status", "grokking")})
     except Exception as err:  # noqa: BLE001 - judged with the close below
         summary["wandb_error"] = _one_line(err)
     code = signals.exit_code(signals.received()) if signals.received() else int(summary["status"] not in ("ok", "diverged"))
-    unclosed = finish_run(exit_code=code, last_step=summary.get("final", {}).get("epoch"))
+    last = summary.get("final", {}).get("epoch")
+    closes = [finish_run(exit_code=code, last_step=last, run=run) for run in runs] or [finish_run(exit_code=code, last_step=last)]
+    unclosed = next((why for why in closes if why), None)
     if unclosed or "wandb_error" in summary:
         summary["wandb_error"] = summary.get("wandb_error") or f"the W&B run did not close cleanly: {unclosed}"
         if summary["status"] in ("ok", "diverged"):

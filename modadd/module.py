@@ -24,13 +24,18 @@ depends on the order of the sum, so the paths (and the paper's code) may count i
 
 The epoch's metrics go to `self.epoch_metrics`; callbacks add their own and the `EpochLog`
 callback writes the row to metrics.csv and to every logger once (no per-step `self.log`).
+
+A stack of jobs (`stack`, `modadd.stack`): jobs that differ only in their AdamW settings and
+seeds train as the members of one module, each member with its own lr, weight decay and betas
+(torch's fused AdamW kernel on each member's slices, or the family's kernel), its own
+initialisation and batch order; each job's metrics go to its own `job_metrics` dict.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import lightning as L
 import torch
@@ -66,12 +71,34 @@ class GrokModule(L.LightningModule):
         grokfast_alpha: float = 0.98,
         grokfast_lambda: float = 2.0,
         family: str | None = None,  # recorded with the checkpoint's hyper-parameters (the config's model.family)
+        stack: Sequence[Mapping] | None = None,
     ):
+        """`stack`: the jobs of a stack, in order, each a mapping of its `lr`, `weight_decay`,
+        `betas`, `seed` and `members` (`modadd.stack`); None: one job, these knobs'."""
         super().__init__()
         self.save_hyperparameters(logger=False)  # this and the family's own arguments
         self.hparams.betas = tuple(float(b) for b in betas)  # plain types: checkpoints load with weights_only=True
         self.automatic_optimization = False
-        self.epoch_metrics: dict[str, float] = {}
+        keys = ("lr", "weight_decay", "betas", "seed", "members")
+        jobs = [{k: job[k] for k in keys} for job in stack] if stack else [{k: self.hparams[k] for k in keys}]
+        self.member_seeds = [job["seed"] + i for job in jobs for i in range(job["members"])]
+        starts = [sum(job["members"] for job in jobs[:j]) for j in range(len(jobs) + 1)]
+        self.job_members = [slice(start, stop) for start, stop in zip(starts, starts[1:])]
+        groups = [{"lr": job["lr"], "weight_decay": job["weight_decay"], "betas": tuple(job["betas"]), "eps": 1e-8}
+                  for job in jobs for _ in range(job["members"])]
+        # per-member AdamW settings, None when they are all this module's own (torch's optimizer step then)
+        self.member_groups = None if all(g == groups[0] for g in groups) and not stack else groups
+        self.job_metrics: list[dict[str, float]] = [{} for _ in jobs]
+        self.job_diverged = [False] * len(jobs)
+
+    @property
+    def epoch_metrics(self) -> dict[str, float]:
+        """The epoch's row so far, of the module's (first) job."""
+        return self.job_metrics[0]
+
+    @epoch_metrics.setter
+    def epoch_metrics(self, metrics: dict[str, float]) -> None:
+        self.job_metrics[0] = metrics
 
     @property
     def loss_dtype(self) -> torch.dtype:
@@ -90,7 +117,7 @@ class GrokModule(L.LightningModule):
             return torch.arange(n, device=self.device).expand(K, n)
         orders = []
         for k in range(K):
-            g = torch.Generator().manual_seed((self.hparams.seed + k) * 1_000_003 + epoch)
+            g = torch.Generator().manual_seed(self.member_seeds[k] * 1_000_003 + epoch)
             orders.append(torch.randperm(n, generator=g))
         return torch.stack(orders).to(self.device)
 
@@ -105,9 +132,12 @@ class GrokModule(L.LightningModule):
         loss_sum, correct, collapsed = self.train_epoch(self.optimizers(), a[order], b[order], y[order])  # (K,) each
         steps = -(-n // self.batch_size(n))
         self._record("train", loss=(loss_sum / steps).float(), acc=correct / n, softmax_collapse=collapsed / n)
-        if not math.isfinite(self.epoch_metrics["train/loss"]):
-            log.warning("training loss is %s at epoch %d: stopping (diverged)", self.epoch_metrics["train/loss"], self.current_epoch)
-            self.trainer.should_stop = True
+        for j, metrics in enumerate(self.job_metrics):
+            if not (self.job_diverged[j] or math.isfinite(metrics["train/loss"])):
+                log.warning("training loss is %s at epoch %d: stopping (diverged)%s", metrics["train/loss"],
+                            self.current_epoch, f" job {j} of the stack" if len(self.job_metrics) > 1 else "")
+                self.job_diverged[j] = True
+        self.trainer.should_stop |= all(self.job_diverged)  # a stack's other jobs go on
 
     def train_epoch(self, opt: LightningOptimizer, a: Tensor, b: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The epoch's updates over `a, b, y: (K, n)` in its order; returns the sum over
@@ -150,7 +180,12 @@ class GrokModule(L.LightningModule):
         or a family's faster equivalent) without the wrapper's per-call overhead."""
         hp = self.hparams
         emas = grokfast_ema(opt.optimizer, hp.grokfast_alpha, hp.grokfast_lambda) if hp.grokfast else []
-        opt.step() if last else inner()
+        if self.member_groups is not None:
+            member_adamw_step(opt.optimizer, self.member_groups)
+            if last:
+                count_step(opt)
+        else:
+            opt.step() if last else inner()
         for param, ema in zip(opt.optimizer.param_groups[0]["params"], emas):
             opt.optimizer.state[param][GROKFAST_EMA] = ema  # new at the first step: its AdamW step made the state
 
@@ -170,10 +205,11 @@ class GrokModule(L.LightningModule):
         self._record("val", loss=(loss_sum / n).float(), acc=correct / n)
 
     def _record(self, split: str, **values: Tensor) -> None:
-        """Each `(K,)` metric of `values` under `{split}/{name}` (see `member_metrics`)."""
+        """Each `(K,)` metric of `values` under `{split}/{name}` in each job's row (see `member_metrics`)."""
         per_metric = torch.stack([v.float() for v in values.values()]).tolist()  # one device sync per split and epoch
         for name, per_member in zip(values, per_metric):
-            self.epoch_metrics.update(member_metrics(f"{split}/{name}", per_member))
+            for members, metrics in zip(self.job_members, self.job_metrics):
+                metrics.update(member_metrics(f"{split}/{name}", per_member[members]))
 
 
 def log_probs(logits: Tensor, loss: str, dtype: torch.dtype) -> Tensor:
@@ -215,6 +251,45 @@ def grokfast_ema(opt: torch.optim.Optimizer, alpha: float, lamb: float) -> list[
     torch._foreach_add_(emas, grads, alpha=1 - alpha)
     torch._foreach_add_(grads, emas, alpha=lamb)
     return emas
+
+
+def count_step(opt: LightningOptimizer) -> None:
+    """Counts an epoch whose updates were made outside Lightning's optimizer wrapper as one
+    Lightning optimizer step (`trainer.global_step` counts epochs; checkpointing keys on it):
+    torch's optimizers skip parameters without gradients, so this `opt.step()` changes nothing."""
+    for param in opt.optimizer.param_groups[0]["params"]:
+        param.grad = None
+    opt.step()
+
+
+def member_adamw_step(opt: torch.optim.AdamW, groups: Sequence[Mapping]) -> None:
+    """An AdamW step of a `fused=True` optimizer whose parameters stack K members, member k with
+    the settings `groups[k]` (lr, weight_decay, betas, eps): torch's fused AdamW kernel on the
+    members' slices, one call per distinct setting, so each member is updated exactly as by
+    `opt.step()` on its own. The first call makes the state as `opt.step()` would."""
+    params = opt.param_groups[0]["params"]
+    states = [opt.state[param] for param in params]
+    if not states[0]:  # torch.optim.AdamW._init_group, fused
+        for param, state in zip(params, states):
+            state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
+            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+    steps = [state["step"] for state in states]
+    torch._foreach_add_(steps, 1)
+    settings: dict[tuple, list[int]] = {}  # the members of each distinct setting
+    for k, group in enumerate(groups):
+        settings.setdefault(tuple(sorted((key, tuple(v) if key == "betas" else v) for key, v in group.items())), []).append(k)
+    for members in settings.values():
+        def pick(tensors: list[Tensor]) -> list[Tensor]:
+            return [t[k] for t in tensors for k in members]
+
+        group = groups[members[0]]
+        beta1, beta2 = group["betas"]
+        torch._fused_adamw_(
+            pick(params), pick([param.grad for param in params]), pick([s["exp_avg"] for s in states]),
+            pick([s["exp_avg_sq"] for s in states]), [], [step for step in steps for _ in members],
+            lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
+            amsgrad=False, maximize=False)
 
 
 def member_metrics(key: str, per_member: list[float]) -> dict[str, float]:

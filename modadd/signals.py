@@ -70,7 +70,8 @@ class SweepSignals(Callback):
     their epoch's end and the sweep ends with them. `train.py` exits 128 + its number after."""
 
     def on_multirun_start(self, config: object, **kwargs: object) -> None:
-        if "BasicLauncher" not in str(config.hydra.launcher.get("_target_", "")):  # jobs in this process handle their own
+        target = str(config.hydra.launcher.get("_target_", ""))
+        if not any(local in target for local in ("BasicLauncher", "StackedLauncher")):  # jobs in this process handle their own
             STATE.received, STATE.deferring, STATE.sweep = None, True, True
 
 

@@ -28,8 +28,11 @@ from lightning.pytorch.loggers import WandbLogger
 log = logging.getLogger("modadd")
 
 
-def wandb_logger(project: str, save_dir: str, init_timeout: float = 60, **kwargs) -> WandbLogger:
-    """A WandbLogger on a fresh run named by the job's overrides, grouped by its sweep dir."""
+def wandb_logger(project: str, save_dir: str, init_timeout: float = 60, alongside: bool = False,
+                 **kwargs) -> WandbLogger:
+    """A WandbLogger on a fresh run named by the job's overrides, grouped by its sweep dir.
+    `alongside`: one of several runs open at once in this process (a stack's jobs, `modadd.stack`),
+    which leaves the others open."""
     import wandb
 
     os.environ.setdefault("WANDB_MODE", "offline")
@@ -42,12 +45,13 @@ def wandb_logger(project: str, save_dir: str, init_timeout: float = 60, **kwargs
     if not os.environ.get("HOME") and not os.environ.get("XDG_CACHE_HOME"):  # else W&B's service logs to the console
         os.environ["XDG_CACHE_HOME"] = str(Path(tempfile.gettempdir()) / f"modadd-cache-{os.getuid()}")
     Path(save_dir).mkdir(parents=True, exist_ok=True)
-    finish_run()  # never inherit a run left open by an earlier job in this process
-    init = dict(project=project, dir=save_dir, job_type="train", **kwargs)
+    if not alongside:
+        finish_run()  # never inherit a run left open by an earlier job in this process
+    init = dict(project=project, dir=save_dir, job_type="train", **kwargs, **({"reinit": "create_new"} if alongside else {}))
     runs = Path(save_dir) / "wandb"
     before = set(runs.iterdir()) if runs.is_dir() else set()
     try:
-        wandb.init(**init, settings=wandb.Settings(init_timeout=init_timeout))
+        run = wandb.init(**init, settings=wandb.Settings(init_timeout=init_timeout))
     except Exception as err:  # noqa: BLE001 - any failure to go online must not stop training
         if os.environ["WANDB_MODE"] in ("offline", "dryrun", "disabled"):
             raise
@@ -55,12 +59,10 @@ def wandb_logger(project: str, save_dir: str, init_timeout: float = 60, **kwargs
             shutil.rmtree(orphan, ignore_errors=True)
         log.warning("W&B online mode could not start (%s): logging offline; upload later with "
                     "`wandb sync %s/wandb/offline-run-*`", _reason(err, init_timeout), save_dir)
-        wandb.init(**init, mode="offline")
+        run = wandb.init(**init, mode="offline")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*wandb run already in progress.*")
-        logger = WandbLogger(project=project, save_dir=save_dir, **kwargs)
-        logger.experiment  # adopt the run opened above
-    return logger
+        return WandbLogger(project=project, save_dir=save_dir, experiment=run, **kwargs)
 
 
 def _reason(err: Exception, timeout: float) -> str:
@@ -70,9 +72,9 @@ def _reason(err: Exception, timeout: float) -> str:
     return f"{type(err).__name__}: {text[:300]}" if text else f"{type(err).__name__}, no answer from {server} within {timeout:g} s"
 
 
-def finish_run(exit_code: int = 0, last_step: int | None = None) -> str | None:
-    """Finish the live W&B run, if any, so the next job in this process starts its own; returns
-    why it did not close cleanly, None if it did.
+def finish_run(exit_code: int = 0, last_step: int | None = None, run=None) -> str | None:
+    """Finish `run` (by default the live W&B run, if any), so the next job in this process starts
+    its own; returns why it did not close cleanly, None if it did.
 
     W&B writes its log in a service process that drops what a full disk refuses without a
     word, so the log is read back with W&B's own reader: it must end finished (failed for a
@@ -80,12 +82,12 @@ def finish_run(exit_code: int = 0, last_step: int | None = None) -> str | None:
     """
     import wandb
 
-    run = wandb.run
+    run = run if run is not None else wandb.run
     if run is None:
         return None
     run_dir = Path(run.dir).parent  # run.dir is its files/ folder
     try:
-        wandb.finish(exit_code=exit_code)
+        run.finish(exit_code=exit_code)
     except Exception as err:  # noqa: BLE001 - reported, as the run's state
         return f"closing it raised {type(err).__name__}: {' '.join(str(err).split())[:200]}"
     inspect = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--summary", "--json", str(run_dir)],

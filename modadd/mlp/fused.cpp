@@ -1,6 +1,7 @@
 // One training epoch of the MLP stack on the CPU as one call: every minibatch's forward, loss
 // (cross-entropy or StableMax's), hand-written backward, Grokfast's filter (when on) and AdamW
-// update, with no per-op framework cost.
+// update, with no per-op framework cost. Each member has its own AdamW settings (lr, betas,
+// weight decay, eps), so jobs that differ only in those train as one stack; the rest is shared.
 //
 // On this model a step is ~9 MFLOP in three small matmuls; built from PyTorch ops it is ~20
 // small kernels whose fixed costs (dispatch, allocation, OpenMP fork/join) take 3x the time of
@@ -52,18 +53,24 @@ void gemm(char ta, char tb, int64_t m, int64_t n, int64_t k, const float* A, int
   sgemm_(&ta, &tb, &m_, &n_, &k_, &one, A, &lda_, B, &ldb_, &zero, C, &ldc_);
 }
 
+// What every member shares.
 struct Hyper {
   int64_t p, hidden, batch_size, n;
-  float lr, beta1, beta2, weight_decay, eps;
   float alpha, one_minus_alpha, lamb;  // Grokfast's, when `grokfast`
   bool grokfast;
   Activation activation;
   Loss loss;
 };
 
+// One member's AdamW settings, as float32 (what torch's fused kernel computes in for float32 weights).
+struct AdamW {
+  float lr, beta1, beta2, weight_decay, eps;
+};
+
 struct Member {
   float *W_in, *W_out, *m_in, *v_in, *m_out, *v_out, *e_in, *e_out;  // e_*: Grokfast's EMAs (null when off)
   const int64_t *a, *b, *y;
+  AdamW opt;
 };
 
 // What an epoch adds up for one member: the minibatches' mean losses, right answers and rows whose
@@ -81,11 +88,12 @@ struct Work {
         d_hid(h.batch_size * h.hidden), dW_in(2 * h.p * h.hidden), dW_out(h.hidden * h.p) {}
 };
 
-// torch's fused AdamW (decoupled decay, lerp'd first moment, bias corrections) on n floats.
-void adamw(float* w, const float* g, float* m, float* v, int64_t n, const Hyper& h, double step) {
-  const double bc1 = 1 - std::pow(double(h.beta1), step), bc2 = 1 - std::pow(double(h.beta2), step);
-  const float step_size = h.lr / bc1, bc2_sqrt = std::sqrt(bc2), decay = 1 - h.lr * h.weight_decay;
-  const float b1 = h.beta1, b2 = h.beta2, eps = h.eps;
+// torch's fused AdamW (decoupled decay, lerp'd first moment, bias corrections) on n floats of one
+// member, with its settings `o`.
+void adamw(float* w, const float* g, float* m, float* v, int64_t n, const AdamW& o, double step) {
+  const double bc1 = 1 - std::pow(double(o.beta1), step), bc2 = 1 - std::pow(double(o.beta2), step);
+  const float step_size = o.lr / bc1, bc2_sqrt = std::sqrt(bc2), decay = 1 - o.lr * o.weight_decay;
+  const float b1 = o.beta1, b2 = o.beta2, eps = o.eps;
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const float gi = g[i];
@@ -254,8 +262,9 @@ void train_member(const Member& m, Work& w, const Hyper& h, double step, int t, 
       grokfast(w.dW_in.data() + w0 * H, m.e_in + w0 * H, (w1 - w0) * H, h);
       grokfast(w.dW_out.data() + h0 * p, m.e_out + h0 * p, (h1 - h0) * p, h);
     }
-    adamw(m.W_in + w0 * H, w.dW_in.data() + w0 * H, m.m_in + w0 * H, m.v_in + w0 * H, (w1 - w0) * H, h, step);
-    adamw(m.W_out + h0 * p, w.dW_out.data() + h0 * p, m.m_out + h0 * p, m.v_out + h0 * p, (h1 - h0) * p, h, step);
+    adamw(m.W_in + w0 * H, w.dW_in.data() + w0 * H, m.m_in + w0 * H, m.v_in + w0 * H, (w1 - w0) * H, m.opt, step);
+    adamw(m.W_out + h0 * p, w.dW_out.data() + h0 * p, m.m_out + h0 * p, m.v_out + h0 * p, (h1 - h0) * p, m.opt,
+          step);
     sync();
   }
 }
@@ -266,14 +275,16 @@ float* f32(const at::Tensor& t, int64_t k) {
 
 // Trains every member for one epoch in place (weights, AdamW moments and, given `ema_in` and
 // `ema_out`, Grokfast's EMAs with its `alpha` and `lamb`); `step` is the AdamW step count before the
-// epoch. Returns the sum over minibatches of the mean loss (float64), the number of right answers
-// and of rows whose softmax collapsed (int64), all (K,).
+// epoch; `lr`, `beta1`, `beta2`, `weight_decay` and `eps` are each member's AdamW settings, (K,) float64.
+// Returns the sum over minibatches of the mean loss (float64), the number of right answers and of rows
+// whose softmax collapsed (int64), all (K,).
 std::vector<at::Tensor> train_epoch(at::Tensor W_in, at::Tensor W_out, at::Tensor m_in, at::Tensor v_in,
                                     at::Tensor m_out, at::Tensor v_out, const std::optional<at::Tensor>& ema_in,
                                     const std::optional<at::Tensor>& ema_out, double step, const at::Tensor& a,
-                                    const at::Tensor& b, const at::Tensor& y, int64_t batch_size, double lr,
-                                    double beta1, double beta2, double weight_decay, double eps, double alpha,
-                                    double lamb, int64_t activation, int64_t loss_kind) {
+                                    const at::Tensor& b, const at::Tensor& y, int64_t batch_size, const at::Tensor& lr,
+                                    const at::Tensor& beta1, const at::Tensor& beta2, const at::Tensor& weight_decay,
+                                    const at::Tensor& eps, double alpha, double lamb, int64_t activation,
+                                    int64_t loss_kind) {
   const bool grokfast = ema_in.has_value();
   TORCH_CHECK(grokfast == ema_out.has_value(), "train_epoch: give both Grokfast EMAs or neither");
   std::vector<const at::Tensor*> floats{&W_in, &W_out, &m_in, &v_in, &m_out, &v_out};
@@ -287,13 +298,20 @@ std::vector<at::Tensor> train_epoch(at::Tensor W_in, at::Tensor W_out, at::Tenso
   TORCH_CHECK(activation >= RELU && activation <= GELU, "train_epoch: unknown activation ", activation);
   TORCH_CHECK(loss_kind >= CROSS_ENTROPY && loss_kind <= STABLEMAX, "train_epoch: unknown loss ", loss_kind);
   const int64_t K = W_in.size(0);
-  const Hyper h{W_out.size(2), W_in.size(2), batch_size, a.size(1), float(lr), float(beta1), float(beta2),
-                float(weight_decay), float(eps), float(alpha), float(1 - alpha), float(lamb), grokfast,
-                Activation(activation), Loss(loss_kind)};
+  for (const at::Tensor* t : {&lr, &beta1, &beta2, &weight_decay, &eps})
+    TORCH_CHECK(t->dim() == 1 && t->size(0) == K && t->scalar_type() == at::kDouble && t->device().is_cpu(),
+                "train_epoch: lr, beta1, beta2, weight_decay and eps must be (K,) = (", K,
+                ",) float64 CPU tensors, one value per member; got ", t->sizes(), " ", t->scalar_type(), " on ",
+                t->device());
+  const Hyper h{W_out.size(2), W_in.size(2), batch_size, a.size(1), float(alpha), float(1 - alpha), float(lamb),
+                grokfast, Activation(activation), Loss(loss_kind)};
+  auto setting = [](const at::Tensor& t, int64_t k) { return float(t.data_ptr<double>()[k * t.stride(0)]); };
   auto member = [&](int64_t k) {
     return Member{f32(W_in, k), f32(W_out, k), f32(m_in, k), f32(v_in, k), f32(m_out, k), f32(v_out, k),
                   grokfast ? f32(*ema_in, k) : nullptr, grokfast ? f32(*ema_out, k) : nullptr,
-                  a.data_ptr<int64_t>() + k * h.n, b.data_ptr<int64_t>() + k * h.n, y.data_ptr<int64_t>() + k * h.n};
+                  a.data_ptr<int64_t>() + k * h.n, b.data_ptr<int64_t>() + k * h.n, y.data_ptr<int64_t>() + k * h.n,
+                  AdamW{setting(lr, k), setting(beta1, k), setting(beta2, k), setting(weight_decay, k),
+                        setting(eps, k)}};
   };
   const int T = std::max(1, at::get_num_threads());
   std::vector<Sums> sums(K * T);
@@ -394,8 +412,8 @@ TORCH_LIBRARY(modadd, m) {
   m.def(
       "train_epoch(Tensor(a!) W_in, Tensor(b!) W_out, Tensor(c!) m_in, Tensor(d!) v_in, Tensor(e!) m_out, "
       "Tensor(f!) v_out, Tensor(g!)? ema_in, Tensor(h!)? ema_out, float step, Tensor a, Tensor b, Tensor y, "
-      "int batch_size, float lr, float beta1, float beta2, float weight_decay, float eps, float alpha, float lamb, "
-      "int activation, int loss) -> Tensor[]",
+      "int batch_size, Tensor lr, Tensor beta1, Tensor beta2, Tensor weight_decay, Tensor eps, float alpha, "
+      "float lamb, int activation, int loss) -> Tensor[]",
       &train_epoch);
   m.def("evaluate(Tensor W_in, Tensor W_out, Tensor a, Tensor b, Tensor y, int activation, int loss) -> Tensor[]",
         &evaluate);

@@ -10,6 +10,7 @@ which.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
 
@@ -41,20 +42,29 @@ def available() -> bool:
 
 
 def train_epoch(W_in: Tensor, W_out: Tensor, states: list[dict], a: Tensor, b: Tensor, y: Tensor,
-                batch_size: int, group: dict, activation: str, loss: str = "cross_entropy",
+                batch_size: int, groups: Mapping | Sequence[Mapping], activation: str, loss: str = "cross_entropy",
                 grokfast: tuple[float, float] | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """One epoch for `a, b, y: (K, n)` (the epoch's order) in minibatches of `batch_size`;
     updates the weights and the AdamW `states` (torch's, for W_in and W_out) in place.
+    `groups`: the AdamW settings (a torch param group's `lr`, `weight_decay`, `betas`, `eps`) of
+    every member, or a sequence of K, one per member, so that jobs that differ only in those
+    train as one stack (each member's result is what it would be alone).
     `grokfast`: Grokfast's (alpha, lambda), its EMAs in the `states` (`modadd.module.GROKFAST_EMA`).
     Returns the sum over minibatches of the mean loss `(K,)`, the count of right answers `(K,)`
     and of rows whose softmax collapsed `(K,)`."""
+    K = W_in.shape[0]
+    if isinstance(groups, Mapping):
+        groups = [groups] * K
+    elif len(groups) != K:
+        raise ValueError(f"train_epoch: {len(groups)} AdamW groups for {K} members: give one for all or one per member")
+    settings = [[float(value) for value in (g["lr"], *g["betas"], g["weight_decay"], g["eps"])] for g in groups]
+    lr, beta1, beta2, weight_decay, eps = torch.tensor(settings, dtype=torch.float64).T.contiguous()
     step = float(states[0]["step"])
-    beta1, beta2 = group["betas"]
     alpha, lamb = grokfast or (0.0, 0.0)
     emas = [state[GROKFAST_EMA] if grokfast else None for state in states]
     loss_sum, correct, collapsed = torch.ops.modadd.train_epoch(
         W_in, W_out, states[0]["exp_avg"], states[0]["exp_avg_sq"], states[1]["exp_avg"], states[1]["exp_avg_sq"],
-        *emas, step, a, b, y, batch_size, group["lr"], beta1, beta2, group["weight_decay"], group["eps"], alpha, lamb,
+        *emas, step, a, b, y, batch_size, lr, beta1, beta2, weight_decay, eps, alpha, lamb,
         ACTIVATIONS.index(activation), LOSSES.index(loss))
     steps = -(-a.shape[1] // batch_size)
     for state in states:

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from modadd.mlp import fused
 from modadd.mlp.model import MLPStack
-from modadd.module import GrokModule
+from modadd.module import GrokModule, count_step
 from modadd.runs import load_weights
 
 log = logging.getLogger("modadd")
@@ -33,10 +33,12 @@ class MLPModule(GrokModule):
     def __init__(self, hidden: int, activation: str = "relu", init: str | None = None, fast: bool = True,
                  fused: bool = True, **shared):
         super().__init__(**shared)
-        p, members, seed = shared["p"], self.hparams.members, self.hparams.seed
+        p, members = shared["p"], len(self.member_seeds)
         self.fused_adamw = fast
+        if self.member_groups is not None and not fast:
+            raise ValueError("a stack of jobs with their own AdamW settings needs model.fast=true (torch's fused AdamW)")
         if init is None:
-            self.net = MLPStack.init(p, hidden, [seed + k for k in range(members)], activation)
+            self.net = MLPStack.init(p, hidden, self.member_seeds, activation)
         else:  # every member starts from the given network(s): a construction, another run
             fc1, fc2 = load_weights(init)
             W_in, W_out = (w.transpose(1, 2).expand(members, -1, -1).contiguous() for w in (fc1, fc2))
@@ -51,9 +53,9 @@ class MLPModule(GrokModule):
         hp = self.hparams
         sums = fused.train_epoch(
             self.net.W_in.detach(), self.net.W_out.detach(), [opt.optimizer.state[q] for q in self.net.parameters()],
-            a, b, y, self.batch_size(y.shape[1]), opt.optimizer.param_groups[0], hp.activation, hp.loss,
-            (hp.grokfast_alpha, hp.grokfast_lambda) if hp.grokfast else None)
-        _count_step(opt)
+            a, b, y, self.batch_size(y.shape[1]), self.member_groups or opt.optimizer.param_groups[0], hp.activation,
+            hp.loss, (hp.grokfast_alpha, hp.grokfast_lambda) if hp.grokfast else None)
+        count_step(opt)
         return sums
 
     def _fused_cpu(self) -> bool:
@@ -76,15 +78,6 @@ class MLPModule(GrokModule):
         hp = self.hparams
         loss, correct = fused.evaluate(self.net.W_in.detach(), self.net.W_out.detach(), a, b, y, hp.activation, hp.loss)
         self._record("val", loss=loss.float(), acc=correct / len(y))
-
-
-def _count_step(opt: LightningOptimizer) -> None:
-    """Counts an epoch whose updates the fused kernel made as one Lightning optimizer step
-    (`trainer.global_step` counts epochs; checkpointing keys on it): torch's optimizers skip
-    parameters without gradients, so this `opt.step()` changes nothing."""
-    for param in opt.optimizer.param_groups[0]["params"]:
-        param.grad = None
-    opt.step()
 
 
 def fused_adamw_step(opt: torch.optim.AdamW) -> None:

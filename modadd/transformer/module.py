@@ -22,8 +22,7 @@ class TransformerModule(GrokModule):
 
     def __init__(self, d_model: int = 128, n_heads: int = 4, d_head: int = 32, d_mlp: int = 512, **shared):
         super().__init__(**shared)
-        seeds = [self.hparams.seed + k for k in range(self.hparams.members)]
-        self.net = TransformerStack.init(shared["p"], d_model, n_heads, d_head, d_mlp, seeds)
+        self.net = TransformerStack.init(shared["p"], d_model, n_heads, d_head, d_mlp, self.member_seeds)
 
     def on_fit_start(self) -> None:
         torch.set_flush_denormal(True)

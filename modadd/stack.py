@@ -1,0 +1,358 @@
+"""A stack of jobs: a sweep's jobs that differ only in their AdamW settings train as the members of
+one model, and each is still a job of its own (`hydra/launcher=stacked`).
+
+Why: a model of this size uses a sliver of a GPU, and a GPU runs hundreds of them in the time
+of one; a job per process would queue hundreds of processes (each ~1 GB of CUDA context) on it.
+Here the jobs of one shape (everything equal but `lr`, `weight_decay`, `betas` and `members`;
+the seed too, which fixes the split and the initialisation) are the members of one
+`GrokModule` (`stack`), trained by one Lightning loop whose every step is one set of batched
+kernels for all of them: the forward and backward as batched matmuls over the member dim, each
+member's AdamW with its own settings as one fused kernel call per distinct setting (on the CPU,
+the fused C++ epoch, which takes a setting per member). Up to `max_members` jobs share a stack;
+more make further stacks, trained one after another.
+
+What each job writes is what it writes alone: its own dir and lock, `.hydra/`, its lines in
+`train.log`, `metrics.csv`, `freq_counts.csv`, `neurons.csv`, `checkpoints/last.ckpt` (its own
+members' weights and AdamW state, with its own settings: it resumes alone), `model.pt`,
+`summary.json` and W&B run. Each job's callbacks see a view of the trainer and the module that
+holds only its members (`JobView`). A member whose loss diverges ends its job as a lone run
+would (its last row, checkpoint and summary), while the others train on.
+
+A job trains alone (as the basic launcher runs it) where it cannot join a stack: another family
+than the MLP, `model.fast=false`, a job that already has a checkpoint (it resumes alone) or is
+finished (skipped), or no other job of its shape.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import copy
+import json
+import logging
+import os
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
+from hydra.utils import instantiate
+from lightning.fabric.utilities.data import AttributeDict
+from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from modadd import rundir, signals
+from modadd.callbacks import StopOnSignal
+from modadd.config import validate
+from modadd.family import family_of
+from modadd.job import _checkpoint, _finished, callback_rank, end_job, quiet_libraries, start_fresh, torch_threads
+from modadd.module import GrokModule
+
+log = logging.getLogger("modadd")
+
+STACKED = ("lr", "weight_decay", "betas", "members")  # what the jobs of one stack may differ in
+_JOB: contextvars.ContextVar[int | None] = contextvars.ContextVar("stack_job", default=None)
+
+
+def stack_key(cfg: DictConfig) -> str | None:
+    """What the jobs of one stack share (the resolved job config without `STACKED`), None for a
+    job that trains alone."""
+    HydraConfig.instance().set_config(cfg)  # for ${hydra:runtime.output_dir}
+    task = OmegaConf.to_container(cfg, resolve=True)
+    task.pop("hydra", None)
+    out = cfg.hydra.runtime.output_dir
+    if family_of(task) != "mlp" or not task["model"].get("fast", True):
+        return None
+    if _checkpoint(Path(out)).exists() or _finished(Path(out), cfg.epochs) is not None:
+        return None
+    for knob in STACKED:
+        task.pop(knob, None)
+        task["model"].pop(knob, None)
+    return json.dumps(task, sort_keys=True, default=str).replace(out, "<the job's dir>")
+
+
+def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
+    """The stacked launcher's `launch`: each stack trained as one, every other job as the basic
+    launcher runs it; one `JobReturn` per job, in order."""
+    setup_globals()
+    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+    configs = []
+    for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+        cfg = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
+        with open_dict(cfg):
+            cfg.hydra.job.id = cfg.hydra.job.num = idx
+        HydraConfig.instance().set_config(cfg)  # for the sweep subdir's interpolations
+        out = os.path.abspath(os.path.join(str(cfg.hydra.sweep.dir), str(cfg.hydra.sweep.subdir)))
+        with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
+            cfg.hydra.runtime.output_dir = out
+        configs.append(cfg)
+    groups: dict[str, list[int]] = {}
+    for i, cfg in enumerate(configs):
+        groups.setdefault(stack_key(cfg) or f"alone {i}", []).append(i)
+    returns: list[JobReturn | None] = [None] * len(configs)
+    size = launcher.max_members
+    for indices in groups.values():
+        for chunk in [indices[s : s + size] for s in range(0, len(indices), size)]:
+            if len(chunk) == 1 or sum(configs[i].members for i in chunk) > size:
+                for i in chunk:
+                    returns[i] = _alone(launcher, configs[i])
+            else:
+                for i, ret in zip(chunk, train_stack([configs[i] for i in chunk], launcher.task_function)):
+                    returns[i] = ret
+            configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    return returns
+
+
+def _alone(launcher, cfg: DictConfig) -> JobReturn:
+    return run_job(hydra_context=launcher.hydra_context, task_function=launcher.task_function, config=cfg,
+                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+
+
+def _name(cfg: DictConfig) -> str:
+    return cfg.hydra.job.override_dirname or str(cfg.hydra.job.num)
+
+
+class Job:
+    """One job of a stack: its config (with `hydra`), dir, callbacks and loggers."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.hydra.runtime.output_dir)
+        self.task = copy.deepcopy(cfg)  # what run_job gives a job: its config without `hydra`
+        with read_write(self.task), open_dict(self.task):
+            del self.task["hydra"]
+        self.callbacks: list[Callback] = []
+        self.loggers: list = []
+        self.error: BaseException | None = None
+
+    def set_hydra(self) -> None:
+        """Makes this job's Hydra config the current one (`${hydra:runtime.output_dir}`, W&B's run name)."""
+        HydraConfig.instance().set_config(self.cfg)
+
+
+def train_stack(cfgs: list[DictConfig], task_function=None) -> list[JobReturn]:
+    """Train the jobs `cfgs` (composed sweep configs, each with its `hydra.runtime.output_dir`) as
+    one stack; returns their `JobReturn`s. Raises SystemExit as a lone job does (a failed disk
+    write, a signal), once every job's files are written."""
+    jobs = [Job(cfg) for cfg in cfgs]
+    signals.install()
+    with ExitStack() as held:
+        for job in jobs:
+            job.set_hydra()
+            job.out.mkdir(parents=True, exist_ok=True)
+            held.enter_context(rundir.claim(job.out, job.task, job.cfg.hydra))
+        _log_to_every_job(jobs)
+        quiet_libraries()
+        for job in jobs:
+            validate(job.task)
+            start_fresh(job.out)
+        torch.set_num_threads(torch_threads(jobs[0].task))
+        log.info("a stack of %d jobs in %s: %s; %d torch thread(s)", len(jobs), jobs[0].out.parent,
+                 ", ".join(job.out.name for job in jobs), torch.get_num_threads())
+        with signals.deferred():
+            trainer, module, error = _fit(jobs)
+        exit_error = None
+        for j, job in enumerate(jobs):
+            job.set_hydra()
+            token = _JOB.set(j)
+            try:
+                view = JobView(trainer, module, j, job) if trainer is not None else None
+                summary = end_job(job.task, job.out, job.error or error, view, view.module if view else None)
+                job.result = summary["final"].get("val/acc", float("nan"))
+            except BaseException as err:  # noqa: BLE001 - the other jobs still end; raised below
+                job.error, exit_error = err, exit_error or err
+            finally:
+                _JOB.reset(token)
+        if isinstance(exit_error, SystemExit):
+            raise exit_error
+    if signals.received() is not None:
+        signals.stop(signals.received())
+    return [_job_return(job) for job in jobs]
+
+
+def _fit(jobs: list[Job]) -> tuple[L.Trainer | None, GrokModule | None, BaseException | None]:
+    """Build the stack (every job's loggers first: a job that fails later is still a W&B run) and train it."""
+    trainer = module = None
+    try:
+        for job in jobs:
+            job.set_hydra()
+            job.loggers = [instantiate(c, alongside=True) for c in (job.task.logger or {}).values()]
+            config = OmegaConf.to_container(job.task, resolve=True)
+            for logger in job.loggers:
+                logger.log_hyperparams(config)
+            job.callbacks = sorted((instantiate(c) for c in (job.task.callbacks or {}).values()), key=callback_rank)
+        first = jobs[0].task
+        knobs = ("lr", "weight_decay", "betas", "seed", "members")
+        stack = [{knob: OmegaConf.to_container(job.task, resolve=True)[knob] for knob in knobs} for job in jobs]
+        module = instantiate(first.model, stack=stack)
+        data = instantiate(first.data)
+        trainer = instantiate(first.trainer, logger=False, callbacks=[StopOnSignal(), StackCallbacks(jobs)])
+        trainer.fit(module, datamodule=data)
+        return trainer, module, None
+    except BaseException as err:  # noqa: BLE001 - every job's ending is recorded
+        return trainer, module, err
+
+
+def _job_return(job: Job) -> JobReturn:
+    ret = JobReturn(overrides=OmegaConf.to_container(job.cfg.hydra.overrides.task), cfg=job.task,
+                    hydra_cfg=OmegaConf.create({"hydra": job.cfg.hydra}), working_dir=os.getcwd(), task_name="train")
+    failed = job.error is not None
+    ret.status = JobStatus.FAILED if failed else JobStatus.COMPLETED
+    ret.return_value = job.error if failed else job.result
+    return ret
+
+
+class _JobLines(logging.Filter):
+    """A job's train.log takes the stack's own lines and its job's; every line of a job says
+    which job it is of."""
+
+    def __init__(self, job: int | None, names: list[str]):
+        super().__init__()
+        self.job, self.names = job, names
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        j = _JOB.get()
+        if j is not None and not getattr(record, "stack_job_named", False):
+            record.msg, record.stack_job_named = f"[{self.names[j]}] {record.msg}", True
+        return self.job is None or j is None or j == self.job
+
+
+def _log_to_every_job(jobs: list[Job]) -> None:
+    """Hydra's job logging (console and the first job's train.log), plus each other job's train.log."""
+    names = [_name(job.cfg) for job in jobs]
+    jobs[0].set_hydra()
+    configure_log(jobs[0].cfg.hydra.job_logging, jobs[0].cfg.hydra.verbose)
+    root = logging.getLogger()
+    files = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
+    for handler in root.handlers:
+        handler.addFilter(_JobLines(0 if handler in files else None, names))
+    for j, job in enumerate(jobs[1:], start=1):
+        for template in files:
+            handler = logging.FileHandler(job.out / Path(template.baseFilename).name, delay=True)
+            handler.setFormatter(template.formatter)
+            handler.setLevel(template.level)
+            handler.addFilter(_JobLines(j, names))
+            root.addHandler(handler)
+
+
+class JobView:
+    """The trainer as job `j`'s callbacks and ending see it: its own loggers and callbacks, its
+    own stop (the stack's, or its member's divergence), its own checkpoint (`save_checkpoint`);
+    everything else is the stack trainer's. `module` is the module as they see it (`ModuleView`)."""
+
+    def __init__(self, trainer: L.Trainer, module: GrokModule, j: int, job: Job):
+        self._trainer, self._j, self._job = trainer, j, job
+        self.module = ModuleView(module, j, job)
+        self.loggers, self.callbacks = job.loggers, job.callbacks
+
+    def __getattr__(self, name: str):
+        return getattr(self._trainer, name)
+
+    @property
+    def should_stop(self) -> bool:
+        return self._trainer.should_stop or self.module.diverged
+
+    @should_stop.setter
+    def should_stop(self, value: bool) -> None:
+        self._trainer.should_stop = value
+
+    def save_checkpoint(self, filepath: str | Path, weights_only: bool = False) -> None:
+        """This job's checkpoint: what its lone run's would hold (its members' weights and AdamW
+        state, its settings), so that it resumes alone."""
+        checkpoint = self._trainer._checkpoint_connector.dump_checkpoint(weights_only)
+        members = self.module.members
+        checkpoint["state_dict"] = {k: v[members].clone() for k, v in checkpoint["state_dict"].items()}
+        checkpoint["hyper_parameters"] = dict(self.module.hparams)  # plain types: it loads with weights_only=True
+        for optimizer in checkpoint.get("optimizer_states", []):
+            optimizer["state"] = {i: {k: v if k == "step" else v[members].clone() for k, v in state.items()}
+                                  for i, state in optimizer["state"].items()}
+            for group in optimizer["param_groups"]:
+                group.update(lr=self.module.hparams["lr"], weight_decay=self.module.hparams["weight_decay"],
+                             betas=tuple(self.module.hparams["betas"]))
+        self._trainer.strategy.save_checkpoint(checkpoint, filepath)
+
+
+class ModuleView:
+    """The stack's module as job `j`'s callbacks see it: its members' weights (views, live),
+    its metrics, its hyper-parameters."""
+
+    def __init__(self, module: GrokModule, j: int, job: Job):
+        self._module, self._j = module, j
+        self.members = module.job_members[j]
+        model = OmegaConf.to_container(job.task.model, resolve=True)
+        self.hparams = AttributeDict({k: v for k, v in model.items() if k != "_target_"}, stack=None)  # a lone job's
+        self.hparams.betas = tuple(float(b) for b in self.hparams.betas)
+
+    def __getattr__(self, name: str):
+        return getattr(self._module, name)
+
+    @property
+    def diverged(self) -> bool:
+        return self._module.job_diverged[self._j]
+
+    @property
+    def net(self):
+        net = self._module.net
+        return type(net)(net.W_in.detach()[self.members], net.W_out.detach()[self.members], net.activation)
+
+    @property
+    def epoch_metrics(self) -> dict[str, float]:
+        return self._module.job_metrics[self._j]
+
+    @epoch_metrics.setter
+    def epoch_metrics(self, metrics: dict[str, float]) -> None:
+        self._module.job_metrics[self._j] = metrics
+
+
+class StackCallbacks(Callback):
+    """Runs every job's callbacks on its `JobView`, job after job, each hook in the order a lone
+    job runs them. A job whose member diverged ends at that epoch (its `on_train_end`) and is
+    left out after."""
+
+    def __init__(self, jobs: list[Job]):
+        self.jobs = jobs
+        self.ended: set[int] = set()
+        self.views: list[JobView] = []
+
+    def _each(self, hook: str, trainer: L.Trainer, module: GrokModule, *args) -> None:
+        if not self.views:
+            self.views = [JobView(trainer, module, j, job) for j, job in enumerate(self.jobs)]
+        for j, view in enumerate(self.views):
+            if j in self.ended and hook != "teardown":
+                continue
+            token = _JOB.set(j)
+            try:
+                for callback in view.callbacks:
+                    getattr(callback, hook)(view, view.module, *args)
+            finally:
+                _JOB.reset(token)
+
+    def on_train_start(self, trainer: L.Trainer, module: GrokModule) -> None:
+        self._each("on_train_start", trainer, module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: GrokModule) -> None:
+        self._each("on_train_epoch_end", trainer, module)
+        for j, view in enumerate(self.views):
+            if view.module.diverged and j not in self.ended and not trainer.should_stop:
+                token = _JOB.set(j)
+                try:
+                    for callback in view.callbacks:
+                        callback.on_train_end(view, view.module)
+                finally:
+                    _JOB.reset(token)
+                self.ended.add(j)
+
+    def on_train_end(self, trainer: L.Trainer, module: GrokModule) -> None:
+        self._each("on_train_end", trainer, module)
+
+    def on_fit_end(self, trainer: L.Trainer, module: GrokModule) -> None:
+        self._each("on_fit_end", trainer, module)
+
+    def on_exception(self, trainer: L.Trainer, module: GrokModule, exception: BaseException) -> None:
+        self._each("on_exception", trainer, module, exception)
+
+    def teardown(self, trainer: L.Trainer, module: GrokModule, stage: str) -> None:
+        self._each("teardown", trainer, module, stage)

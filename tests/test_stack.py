@@ -1,0 +1,149 @@
+"""`hydra/launcher=stacked`: the jobs of one shape train as one stacked model, and each job writes
+what it writes alone (modadd/stack.py)."""
+
+import copy
+import csv
+import json
+import math
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+from conftest import ROOT, run_script, wandb_inspect
+from modadd.mlp.model import MLPStack
+from modadd.module import member_adamw_step
+from modadd.stack import stack_key
+
+SHAPE = ["p=23", "hidden=16", "epochs=20", "progress_every=10"]
+
+
+def _jobs(sweep):
+    return sorted(d for d in sweep.iterdir() if (d / ".hydra").is_dir())
+
+
+def _rows(job):
+    with (job / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def assert_same_files(got, want, exact: bool = True):
+    """Job dir `got` holds what `want` holds: the same metrics rows (to float tolerance unless
+    `exact`), weights, checkpoint (weights, AdamW state and settings, loop state), fits, summary."""
+    rows = [_rows(got), _rows(want)]
+    assert [r.keys() for r in rows[0]] == [r.keys() for r in rows[1]]
+    for a, b in zip(*rows):
+        for key in b:
+            assert a[key] == b[key] or not exact and math.isclose(float(a[key]), float(b[key]), rel_tol=1e-5, abs_tol=1e-6), key
+    models = [torch.load(d / "model.pt") for d in (got, want)]
+    for name in models[1]:
+        assert torch.equal(models[0][name], models[1][name]) if exact else torch.allclose(models[0][name], models[1][name], atol=1e-6)
+    ckpts = [torch.load(d / "checkpoints" / "last.ckpt", weights_only=True) for d in (got, want)]
+    assert ckpts[0].keys() == ckpts[1].keys()
+    assert ckpts[0]["hyper_parameters"] == ckpts[1]["hyper_parameters"]
+    assert ckpts[0]["loops"] == ckpts[1]["loops"] and ckpts[0]["global_step"] == ckpts[1]["global_step"]
+    for a, b in zip(ckpts[0]["optimizer_states"], ckpts[1]["optimizer_states"]):
+        assert a["param_groups"] == b["param_groups"]
+        for i in b["state"]:
+            for key in b["state"][i]:
+                assert torch.equal(a["state"][i][key], b["state"][i][key]) or not exact, key
+    for name in ("freq_counts.csv", "neurons.csv") if exact else ():
+        assert (got / name).read_text() == (want / name).read_text(), name
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (got, want)]
+    assert summaries[0]["status"] == summaries[1]["status"] and summaries[0]["epochs_run"] == summaries[1]["epochs_run"]
+
+
+@pytest.mark.slow
+def test_stacked_jobs_write_what_they_write_alone(tmp_out):
+    """Four jobs (two weight decays x two learning rates) as one stack of four members, against the
+    same sweep run job after job: every file of every job the same, bit for bit."""
+    grid = ["weight_decay=0.1,0.5", "lr=0.003,0.01"]
+    stacked, alone = tmp_out / "stacked", tmp_out / "alone"
+    proc = run_script("train.py", "-m", *SHAPE, *grid, "hydra/launcher=stacked", f"hydra.sweep.dir={stacked}")
+    run_script("train.py", "-m", *SHAPE, *grid, "hydra/launcher=basic", "logger=csv", f"hydra.sweep.dir={alone}")
+    assert "a stack of 4 jobs" in proc.stdout
+    jobs = _jobs(stacked)
+    assert [j.name for j in jobs] == [j.name for j in _jobs(alone)] and len(jobs) == 4
+    runs = set()
+    for job in jobs:
+        assert_same_files(job, alone / job.name)
+        log = (job / "train.log").read_text()
+        assert f"[{job.name}] epoch 20/20" in log  # its own progress lines, named
+        assert all(f"[{other.name}]" not in log for other in jobs if other != job)
+        w = wandb_inspect(job)
+        assert w["state"] == "finished" and w["name"] == job.name and w["summary"]["status"] == "ok"
+        assert w["summary"]["val/acc"] == pytest.approx(float(_rows(job)[-1]["val/acc"]))
+        runs.add(w["run_id"])
+    assert len(runs) == 4
+
+
+@pytest.mark.slow
+def test_a_stacked_jobs_checkpoint_resumes_alone(tmp_out):
+    """A stacked job trained for 10 epochs, then raised to 20 alone, continues from its own
+    checkpoint as the same job trained alone throughout does."""
+    stacked, whole = tmp_out / "stacked", tmp_out / "whole"
+    short = [a for a in SHAPE if not a.startswith("epochs")]
+    run_script("train.py", "-m", *short, "epochs=10", "weight_decay=0.1,0.5", "hydra/launcher=stacked", "logger=csv",
+               f"hydra.sweep.dir={stacked}")
+    job = stacked / "epochs=10,hidden=16,p=23,weight_decay=0.5"
+    for epochs in (10, 20):
+        run_script("train.py", *short, f"epochs={epochs}", "weight_decay=0.5", "logger=csv", f"hydra.run.dir={whole}")
+    run_script("train.py", *short, "epochs=20", "weight_decay=0.5", "logger=csv", f"hydra.run.dir='{job}'")
+    assert "resuming from" in (job / "train.log").read_text()
+    assert_same_files(job, whole, exact=False)
+
+
+@pytest.mark.slow
+def test_a_diverging_member_ends_its_own_job_and_the_others_train_on(tmp_out):
+    sweep = tmp_out / "sweep"
+    run_script("train.py", "-m", "p=11", "lr=100,0.003", "epochs=200", "hydra/launcher=stacked", "logger=csv",
+               f"hydra.sweep.dir={sweep}")
+    diverged = json.loads((sweep / "epochs=200,lr=100,p=11" / "summary.json").read_text())
+    ok = json.loads((sweep / "epochs=200,lr=0.003,p=11" / "summary.json").read_text())
+    assert diverged["status"] == "diverged" and diverged["epochs_run"] < 200
+    assert len(_rows(sweep / "epochs=200,lr=100,p=11")) == diverged["epochs_run"]
+    assert ok["status"] == "ok" and ok["epochs_run"] == 200
+
+
+def test_a_stack_groups_the_jobs_of_one_shape():
+    """Jobs that differ in lr, weight_decay, betas or members share a stack; another hidden size,
+    seed or family, or the reference path (`model.fast=false`), does not."""
+    def key(*overrides):
+        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("config", overrides=["hydra/launcher=stacked", *overrides], return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = f"/nonexistent/{'_'.join(overrides)}"
+        return stack_key(cfg)
+
+    base = key("hidden=16")
+    assert base is not None
+    assert key("hidden=16", "weight_decay=0.1", "lr=0.01", "betas=[0.9,0.98]", "members=3") == base
+    assert key("hidden=32") != base and key("hidden=16", "seed=1") != base
+    assert key("model=transformer") is None and key("hidden=16", "model.fast=false") is None
+
+
+def test_member_adamw_step_is_torchs_adamw_on_each_member():
+    """Each member's update, with its own lr, weight decay and betas, is bit for bit what
+    `torch.optim.AdamW(fused=True).step()` gives that member alone."""
+    groups = [{"lr": 0.003, "weight_decay": 0.5, "betas": (0.9, 0.999), "eps": 1e-8},
+              {"lr": 0.01, "weight_decay": 0.1, "betas": (0.9, 0.98), "eps": 1e-8},
+              {"lr": 0.003, "weight_decay": 0.5, "betas": (0.9, 0.999), "eps": 1e-8}]
+    net = MLPStack.init(13, 8, [0, 1, 2])
+    alone = [MLPStack.init(13, 8, [k]) for k in range(3)]
+    opt = torch.optim.AdamW(net.parameters(), fused=True)
+    opts = [torch.optim.AdamW(m.parameters(), fused=True, **{k: v for k, v in g.items()}) for m, g in zip(alone, groups)]
+    a, b = torch.randint(0, 13, (2, 3, 20))
+    for _ in range(3):
+        net.backward(a, b, (a + b) % 13)
+        member_adamw_step(opt, groups)
+        for k, (m, o) in enumerate(zip(alone, opts)):
+            m.backward(a[k : k + 1], b[k : k + 1], (a[k : k + 1] + b[k : k + 1]) % 13)
+            o.step()
+    for k, m in enumerate(alone):
+        assert torch.equal(net.W_in[k : k + 1], m.W_in) and torch.equal(net.W_out[k : k + 1], m.W_out)
+        for q, q_alone in zip(net.parameters(), m.parameters()):
+            for key in ("exp_avg", "exp_avg_sq"):
+                assert torch.equal(opt.state[q][key][k : k + 1], opts[k].state[q_alone][key])
+            assert torch.equal(opt.state[q]["step"], opts[k].state[q_alone]["step"])
+    assert copy.deepcopy(opt.state_dict())  # the state is torch's own layout
