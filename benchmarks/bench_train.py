@@ -2,7 +2,7 @@
 
     python benchmarks/bench_train.py                 # seed notebook vs train.py: start-up and ms/epoch
     python benchmarks/bench_train.py --end-to-end    # + whole commands: 2000 epochs each, and the user's sweep
-    python benchmarks/bench_train.py --sweep         # only the user's sweep: its jobs side by side, and one after the other
+    python benchmarks/bench_train.py --sweep         # only the user's sweep: side by side, one after the other, stacked
     python benchmarks/bench_train.py --fitstats      # in one process: what each callback costs per epoch
     python benchmarks/bench_train.py --scaling       # in one process: ms/epoch over p, hidden and members
     python benchmarks/bench_train.py --transformer   # the transformer's epoch and its statistics' cost
@@ -41,6 +41,8 @@ CONF = ROOT / "conf"
 WARMUP = 3
 SWEEP = ["-m", "hidden=64,100,256", "weight_decay=0.1,0.5"]  # the README's example sweep
 SEQUENTIAL = "sweep, hydra/launcher=basic"  # its jobs one after the other, as before modadd.sweep
+STACKED = "sweep, hydra/launcher=stacked"  # its jobs of one hidden size as one stacked model (modadd.stack)
+LAUNCHERS = {"sweep": [], SEQUENTIAL: ["hydra/launcher=basic"], STACKED: ["hydra/launcher=stacked"]}
 
 
 # --- each side as its own process ----------------------------------------------------------
@@ -50,8 +52,7 @@ def command(side: str, epochs: int | None, out: Path) -> list[str]:
         return [sys.executable, str(ROOT / "benchmarks" / "seed_notebook.py"), *([str(epochs)] if epochs else [])]
     if side == "train.py":
         return [sys.executable, str(ROOT / "train.py"), *([f"epochs={epochs}"] if epochs else []), f"hydra.run.dir={out}"]
-    one_by_one = ["hydra/launcher=basic"] if side == SEQUENTIAL else []
-    return [sys.executable, str(ROOT / "train.py"), *SWEEP, *one_by_one, f"hydra.sweep.dir={out}"]
+    return [sys.executable, str(ROOT / "train.py"), *SWEEP, *LAUNCHERS[side], f"hydra.sweep.dir={out}"]
 
 
 def wall(side: str, epochs: int | None = None) -> float:
@@ -93,9 +94,10 @@ def compare(rounds: int, short: int, long: int) -> None:
     print(f"speed-up per epoch (seed / train.py, per round): {spread(ratios, digits=2)}x")
 
 
-def end_to_end(rounds: int, sides: tuple[str, ...] = ("seed notebook", "train.py", "sweep", SEQUENTIAL)) -> None:
+def end_to_end(rounds: int, sides: tuple[str, ...] = ("seed notebook", "train.py", "sweep", SEQUENTIAL, STACKED)) -> None:
     """Whole commands as a user runs them: the notebook's 2000 epochs, `python train.py`, the
-    sweep (on a CPU its jobs side by side) and the same sweep with its jobs one after the other."""
+    sweep (on a CPU its jobs side by side), the same sweep with its jobs one after the other, and
+    stacked."""
     walls = {s: [] for s in sides}
     for r in range(rounds):
         for s in sides:
@@ -105,12 +107,13 @@ def end_to_end(rounds: int, sides: tuple[str, ...] = ("seed notebook", "train.py
     print("| command | wall time, s |\n|---|---|")
     typed = {"seed notebook": "python benchmarks/seed_notebook.py (2000 epochs)", "train.py": "python train.py (2000 epochs)",
              "sweep": f"python train.py {' '.join(SWEEP)} (6 jobs x 2000 epochs)",
-             SEQUENTIAL: f"python train.py {' '.join(SWEEP)} hydra/launcher=basic"}
+             SEQUENTIAL: f"python train.py {' '.join(SWEEP)} hydra/launcher=basic",
+             STACKED: f"python train.py {' '.join(SWEEP)} hydra/launcher=stacked"}
     for s in sides:
         print(f"| {typed[s]} | {spread(walls[s])} |")
-    if "sweep" in sides and SEQUENTIAL in sides:
-        print(f"sweep speed-up (one after the other / side by side, per round): "
-              f"{spread([a / b for a, b in zip(walls[SEQUENTIAL], walls['sweep'])], digits=2)}x")
+    for other in (SEQUENTIAL, STACKED):
+        if "sweep" in sides and other in sides:
+            print(f"{other} / side by side, per round: {spread([a / b for a, b in zip(walls[other], walls['sweep'])], digits=2)}x")
 
 
 # --- modadd, as train.py runs it -----------------------------------------------------------
@@ -257,7 +260,7 @@ def main() -> None:
     parser.add_argument("--short", type=int, default=10, help="epochs of the short runs (default 10)")
     parser.add_argument("--long", type=int, default=310, help="epochs of the long runs (default 310)")
     parser.add_argument("--end-to-end", action="store_true", help="also time the whole commands (2000 epochs; the sweep)")
-    parser.add_argument("--sweep", action="store_true", help="only the user's sweep, side by side and one job at a time")
+    parser.add_argument("--sweep", action="store_true", help="only the user's sweep: side by side, one job at a time, stacked")
     parser.add_argument("--epochs", type=int, default=40, help="epochs per round of the in-process modes")
     parser.add_argument("--fitstats", action="store_true", help="only the callbacks' cost, in one process")
     parser.add_argument("--scaling", action="store_true", help="only the p x hidden and members grids, in one process")
@@ -268,7 +271,7 @@ def main() -> None:
     elif args.fitstats:
         fitstats(args.rounds, args.epochs)
     elif args.sweep:
-        end_to_end(args.rounds, ("sweep", SEQUENTIAL))
+        end_to_end(args.rounds, ("sweep", SEQUENTIAL, STACKED))
     elif args.scaling:
         scaling(max(args.epochs // 2, WARMUP + 5))
     else:

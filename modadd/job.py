@@ -59,17 +59,17 @@ def train(cfg: DictConfig) -> float:
         print(f"error: {err}", file=sys.stderr)  # not logged: this dir's train.log is its holder's
         raise SystemExit(1) from None
     except OSError as err:  # before training: the lock, .hydra/ on a full or read-only disk
-        if _disk_error(err) is None:
+        if disk_error(err) is None:
             raise
-        print(f"error: {_disk_error(err)}", file=sys.stderr)
+        print(f"error: {disk_error(err)}", file=sys.stderr)
         raise SystemExit(1) from None
 
 
 def _run(cfg: DictConfig, out: Path) -> float:
-    validate(cfg, check_init=not _checkpoint(out).exists())  # a resumed job starts from its checkpoint
+    validate(cfg, check_init=not checkpoint_path(out).exists())  # a resumed job starts from its checkpoint
     torch.set_num_threads(torch_threads(cfg))
     log.info("job %s: %d torch thread(s)", out, torch.get_num_threads())
-    done = _finished(out, cfg.epochs)
+    done = finished_summary(out, cfg.epochs)
     if done is not None:
         log.info("%s already finished (%s): skipped", out, done["status"])
         return done["final"].get("val/acc", math.nan)
@@ -136,7 +136,7 @@ def callback_rank(callback: L.Callback) -> int:
     return next((i for i, kind in enumerate(order) if isinstance(callback, kind)), 0.5)
 
 
-def _checkpoint(out: Path) -> Path:
+def checkpoint_path(out: Path) -> Path:
     return out / "checkpoints" / "last.ckpt"
 
 
@@ -144,7 +144,7 @@ def _fit(cfg: DictConfig, out: Path) -> dict:
     """Train, then record how it ended (see `end_job`)."""
     trainer, module, error = None, None, None
     try:
-        last = _checkpoint(out)
+        last = checkpoint_path(out)
         resume = last if last.exists() else None
         trainer, module, data = build(cfg, resuming=resume is not None)
         if resume:
@@ -162,22 +162,22 @@ def start_fresh(out: Path) -> None:
 
 
 def end_job(cfg: DictConfig, out: Path, error: BaseException | None, trainer: L.Trainer | None,
-            module: GrokModule | None) -> dict:
+            module: GrokModule | None, loggers: list | None = None) -> dict:
     """Save the models of a job that trained to its end (or to a stop for divergence), write
-    its summary.json and close its W&B run. A failed disk write ends the process with one line
-    (exit 1); any other error is recorded and raised."""
+    its summary.json and close its W&B run (of `loggers`, by default the trainer's). A failed
+    disk write ends the process with one line (exit 1); any other error is recorded and raised."""
     if error is None and trainer is not None and (signals.received() is None or trainer.current_epoch >= cfg.epochs):
         try:
             _save_models(module, out)
         except BaseException as err:  # noqa: BLE001 - recorded as the job's ending
             error = err
     summary = _ending(cfg, out, error, trainer)
-    _close_tracking(summary, trainer.loggers if trainer is not None else [])
+    _close_tracking(summary, loggers if loggers is not None else trainer.loggers if trainer is not None else [])
     try:
         _write_summary(out, summary)
     except (OSError, WriteError) as err:
-        summary.update(status="failed", error=f"{_disk_error(err) or _one_line(err)} (so the job has no summary.json)")
-    if summary["status"] == "failed" and error is not None and _disk_error(error) is None:
+        summary.update(status="failed", error=f"{disk_error(err) or _one_line(err)} (so the job has no summary.json)")
+    if summary["status"] == "failed" and error is not None and disk_error(error) is None:
         raise error
     if summary["status"] in ("failed", "wandb_failed"):
         print(f"error: {summary.get('error') or summary['wandb_error']}{_next_step(summary, trainer)}", file=sys.stderr)
@@ -219,8 +219,8 @@ def _ending(cfg: DictConfig, out: Path, error: BaseException | None, trainer: L.
     rows = read_metrics(out / "metrics.csv")
     final = dict(rows[-1]) if rows else {}
     summary = {"status": "ok", "epochs_run": len(rows), "final": final, "grokking": grokking_epochs(rows)}
-    if _disk_error(error) is not None:
-        return {**summary, "status": "failed", "error": _disk_error(error)}
+    if disk_error(error) is not None:
+        return {**summary, "status": "failed", "error": disk_error(error)}
     if signals.received() is not None and (error is not None or len(rows) < cfg.epochs):
         name = signals.name(signals.received())
         log.warning("interrupted by %s after %d of %d epochs: run the same command to continue%s",
@@ -238,7 +238,7 @@ def _continue_from(trainer: L.Trainer | None) -> str:
     return f" from the checkpoint of epoch {saved}" if saved else ""
 
 
-def _disk_error(error: BaseException | None) -> str | None:
+def disk_error(error: BaseException | None) -> str | None:
     """The one line for a write that failed for lack of space or permission, None for any other error."""
     if isinstance(error, WriteError):
         return str(error)
@@ -251,7 +251,7 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {' '.join(str(err).split())}"[:300]
 
 
-def _finished(out: Path, epochs: int) -> dict | None:
+def finished_summary(out: Path, epochs: int) -> dict | None:
     """The summary of a job that already ran to completion in `out` (resuming a sweep skips it)."""
     try:
         summary = json.loads((out / "summary.json").read_text())

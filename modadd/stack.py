@@ -30,6 +30,7 @@ import copy
 import json
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -47,7 +48,8 @@ from modadd import rundir, signals
 from modadd.callbacks import StopOnSignal
 from modadd.config import validate
 from modadd.family import family_of
-from modadd.job import _checkpoint, _finished, callback_rank, end_job, quiet_libraries, start_fresh, torch_threads
+from modadd.job import (callback_rank, checkpoint_path, disk_error, end_job, finished_summary, quiet_libraries,
+                        start_fresh, torch_threads)
 from modadd.module import GrokModule
 
 log = logging.getLogger("modadd")
@@ -65,7 +67,7 @@ def stack_key(cfg: DictConfig) -> str | None:
     out = cfg.hydra.runtime.output_dir
     if family_of(task) != "mlp" or not task["model"].get("fast", True):
         return None
-    if _checkpoint(Path(out)).exists() or _finished(Path(out), cfg.epochs) is not None:
+    if checkpoint_path(Path(out)).exists() or finished_summary(Path(out), cfg.epochs) is not None:
         return None
     for knob in STACKED:
         task.pop(knob, None)
@@ -100,7 +102,7 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
                 for i in chunk:
                     returns[i] = _alone(launcher, configs[i])
             else:
-                for i, ret in zip(chunk, train_stack([configs[i] for i in chunk], launcher.task_function)):
+                for i, ret in zip(chunk, train_stack([configs[i] for i in chunk])):
                     returns[i] = ret
             configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     return returns
@@ -127,23 +129,29 @@ class Job:
         self.callbacks: list[Callback] = []
         self.loggers: list = []
         self.error: BaseException | None = None
+        self.result = float("nan")  # the final validation accuracy (mean over its members)
 
     def set_hydra(self) -> None:
         """Makes this job's Hydra config the current one (`${hydra:runtime.output_dir}`, W&B's run name)."""
         HydraConfig.instance().set_config(self.cfg)
 
 
-def train_stack(cfgs: list[DictConfig], task_function=None) -> list[JobReturn]:
+def train_stack(cfgs: list[DictConfig]) -> list[JobReturn]:
     """Train the jobs `cfgs` (composed sweep configs, each with its `hydra.runtime.output_dir`) as
     one stack; returns their `JobReturn`s. Raises SystemExit as a lone job does (a failed disk
     write, a signal), once every job's files are written."""
     jobs = [Job(cfg) for cfg in cfgs]
     signals.install()
     with ExitStack() as held:
-        for job in jobs:
-            job.set_hydra()
-            job.out.mkdir(parents=True, exist_ok=True)
-            held.enter_context(rundir.claim(job.out, job.task, job.cfg.hydra))
+        try:
+            for job in jobs:
+                job.set_hydra()
+                job.out.mkdir(parents=True, exist_ok=True)
+                held.enter_context(rundir.claim(job.out, job.task, job.cfg.hydra))
+        except (rundir.RunDirError, OSError) as err:  # another writer, a full or read-only disk: as a lone job
+            print(f"error: {disk_error(err) or err if isinstance(err, OSError) else err}", file=sys.stderr)
+            raise SystemExit(1) from None
+        held.callback(_close_job_logs)
         _log_to_every_job(jobs)
         quiet_libraries()
         for job in jobs:
@@ -160,7 +168,7 @@ def train_stack(cfgs: list[DictConfig], task_function=None) -> list[JobReturn]:
             token = _JOB.set(j)
             try:
                 view = JobView(trainer, module, j, job) if trainer is not None else None
-                summary = end_job(job.task, job.out, job.error or error, view, view.module if view else None)
+                summary = end_job(job.task, job.out, job.error or error, view, view and view.module, job.loggers)
                 job.result = summary["final"].get("val/acc", float("nan"))
             except BaseException as err:  # noqa: BLE001 - the other jobs still end; raised below
                 job.error, exit_error = err, exit_error or err
@@ -185,8 +193,8 @@ def _fit(jobs: list[Job]) -> tuple[L.Trainer | None, GrokModule | None, BaseExce
                 logger.log_hyperparams(config)
             job.callbacks = sorted((instantiate(c) for c in (job.task.callbacks or {}).values()), key=callback_rank)
         first = jobs[0].task
-        knobs = ("lr", "weight_decay", "betas", "seed", "members")
-        stack = [{knob: OmegaConf.to_container(job.task, resolve=True)[knob] for knob in knobs} for job in jobs]
+        configs = [OmegaConf.to_container(job.task, resolve=True) for job in jobs]
+        stack = [{knob: config[knob] for knob in ("lr", "weight_decay", "betas", "seed", "members")} for config in configs]
         module = instantiate(first.model, stack=stack)
         data = instantiate(first.data)
         trainer = instantiate(first.trainer, logger=False, callbacks=[StopOnSignal(), StackCallbacks(jobs)])
@@ -218,6 +226,13 @@ class _JobLines(logging.Filter):
         if j is not None and not getattr(record, "stack_job_named", False):
             record.msg, record.stack_job_named = f"[{self.names[j]}] {record.msg}", True
         return self.job is None or j is None or j == self.job
+
+
+def _close_job_logs() -> None:
+    for handler in list(logging.getLogger().handlers):
+        if any(isinstance(f, _JobLines) for f in handler.filters):
+            handler.close()
+            logging.getLogger().removeHandler(handler)
 
 
 def _log_to_every_job(jobs: list[Job]) -> None:
