@@ -4,14 +4,18 @@ what it writes alone (modadd/stack.py)."""
 import copy
 import csv
 import json
-import math
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from conftest import ROOT, run_script, wandb_inspect
+from conftest import ROOT, as_in_a_terminal, run_script, wandb_inspect
 from modadd.mlp.model import MLPStack
 from modadd.module import member_adamw_step
 from modadd.stack import stack_key
@@ -28,30 +32,28 @@ def _rows(job):
         return list(csv.DictReader(f))
 
 
-def assert_same_files(got, want, exact: bool = True):
-    """Job dir `got` holds what `want` holds: the same metrics rows (to float tolerance unless
-    `exact`), weights, checkpoint (weights, AdamW state and settings, loop state), fits, summary."""
+def assert_same_files(got, want):
+    """Job dir `got` holds what `want` holds, bit for bit: its metrics rows, weights, checkpoint
+    (weights, AdamW state and settings, loop state), fits and how it ended."""
     rows = [_rows(got), _rows(want)]
-    assert [r.keys() for r in rows[0]] == [r.keys() for r in rows[1]]
-    for a, b in zip(*rows):
-        for key in b:
-            assert a[key] == b[key] or not exact and math.isclose(float(a[key]), float(b[key]), rel_tol=1e-5, abs_tol=1e-6), key
+    assert rows[0] == rows[1]
     models = [torch.load(d / "model.pt") for d in (got, want)]
-    for name in models[1]:
-        assert torch.equal(models[0][name], models[1][name]) if exact else torch.allclose(models[0][name], models[1][name], atol=1e-6)
+    assert models[0].keys() == models[1].keys() and all(torch.equal(models[0][k], models[1][k]) for k in models[1])
     ckpts = [torch.load(d / "checkpoints" / "last.ckpt", weights_only=True) for d in (got, want)]
     assert ckpts[0].keys() == ckpts[1].keys()
-    assert ckpts[0]["hyper_parameters"] == ckpts[1]["hyper_parameters"]
-    assert ckpts[0]["loops"] == ckpts[1]["loops"] and ckpts[0]["global_step"] == ckpts[1]["global_step"]
+    for key in ("hyper_parameters", "loops", "global_step", "epoch"):
+        assert ckpts[0][key] == ckpts[1][key], key
+    assert all(torch.equal(ckpts[0]["state_dict"][k], ckpts[1]["state_dict"][k]) for k in ckpts[1]["state_dict"])
     for a, b in zip(ckpts[0]["optimizer_states"], ckpts[1]["optimizer_states"]):
         assert a["param_groups"] == b["param_groups"]
         for i in b["state"]:
             for key in b["state"][i]:
-                assert torch.equal(a["state"][i][key], b["state"][i][key]) or not exact, key
-    for name in ("freq_counts.csv", "neurons.csv") if exact else ():
+                assert torch.equal(a["state"][i][key], b["state"][i][key]), key
+    for name in ("freq_counts.csv", "neurons.csv"):
         assert (got / name).read_text() == (want / name).read_text(), name
     summaries = [json.loads((d / "summary.json").read_text()) for d in (got, want)]
-    assert summaries[0]["status"] == summaries[1]["status"] and summaries[0]["epochs_run"] == summaries[1]["epochs_run"]
+    assert summaries[0]["status"] == summaries[1]["status"] and summaries[0]["final"] == summaries[1]["final"]
+    assert summaries[0]["epochs_run"] == summaries[1]["epochs_run"] and summaries[0]["grokking"] == summaries[1]["grokking"]
 
 
 @pytest.mark.slow
@@ -91,7 +93,7 @@ def test_a_stacked_jobs_checkpoint_resumes_alone(tmp_out):
         run_script("train.py", *short, f"epochs={epochs}", "weight_decay=0.5", "logger=csv", f"hydra.run.dir={whole}")
     run_script("train.py", *short, "epochs=20", "weight_decay=0.5", "logger=csv", f"hydra.run.dir='{job}'")
     assert "resuming from" in (job / "train.log").read_text()
-    assert_same_files(job, whole, exact=False)
+    assert_same_files(job, whole)
 
 
 @pytest.mark.slow
@@ -147,3 +149,34 @@ def test_member_adamw_step_is_torchs_adamw_on_each_member():
                 assert torch.equal(opt.state[q][key][k : k + 1], opts[k].state[q_alone][key])
             assert torch.equal(opt.state[q]["step"], opts[k].state[q_alone]["step"])
     assert copy.deepcopy(opt.state_dict())  # the state is torch's own layout
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_job_of_a_stack_with_its_checkpoint_and_the_same_command_finishes_them(tmp_out):
+    """SIGINT during a stack: each job ends its epoch, writes its checkpoint and an `interrupted`
+    summary, the sweep exits 130; the same command then finishes each job alone from its own
+    checkpoint, with the files of a stack never stopped."""
+    config = ["p=23", "hidden=32", "epochs=300", "weight_decay=0.1,0.5", "progress_every=1000", "logger=csv",
+              "hydra/launcher=stacked"]
+    stopped, whole = tmp_out / "stopped", tmp_out / "whole"
+    run_script("train.py", "-m", *config, f"hydra.sweep.dir={whole}")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", *config, f"hydra.sweep.dir={stopped}"],
+                            cwd=ROOT, env={**os.environ, "WANDB_MODE": "offline"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, preexec_fn=as_in_a_terminal)
+    first = stopped / "epochs=300,hidden=32,p=23,weight_decay=0.1" / "metrics.csv"
+    deadline = time.time() + 120
+    while (not first.exists() or len(first.read_text().splitlines()) < 100) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait() == 130
+    jobs = _jobs(stopped)
+    assert len(jobs) == 2
+    for job in jobs:
+        summary = json.loads((job / "summary.json").read_text())
+        assert summary["status"] == "interrupted" and summary["signal"] == "SIGINT"
+        assert 0 < summary["epochs_run"] == len(_rows(job)) < 300
+        assert (job / "checkpoints" / "last.ckpt").exists() and not (job / "model.pt").exists()
+    run_script("train.py", "-m", *config, f"hydra.sweep.dir={stopped}")
+    for job in jobs:
+        assert "resuming from" in (job / "train.log").read_text()
+        assert_same_files(job, whole / job.name)
