@@ -252,8 +252,8 @@ def _analyze_transformer_member(run: Run, member: int, out: Path) -> dict:
         return torch.cat([net(a[s], b[s])[0].argmax(-1) for s in chunks(len(pair_rows), net.row_bytes())])
 
     result = {"job": str(run.path), "member": member, **result, "p": p, **net.shape, "status": "analysed",
-              "operation": operation, **_split_accuracies(run, p, predict), "grokking": grokking_epochs(rows),
-              "epochs": len(rows)}
+              "operation": operation, "loss": run.config.get("loss", "cross_entropy"), **_split_accuracies(run, p, predict),
+              "grokking": grokking_epochs(rows), "epochs": len(rows)}
     figures["grokking_curves"] = plots.grokking_curves(rows) if rows else None
     for name, fig in figures.items():
         if fig is not None:
@@ -441,6 +441,7 @@ def _ablation_table(rows: list[dict]) -> Table:
 def _transformer_text(res: dict) -> tuple[str, list[Table]]:
     phases = res["phases"]
     attention = res["attention_from_equals"]
+    val_loss = "the validation loss" + (" (StableMax's; the restricted loss is softmax's)" if res.get("loss") == "stablemax" else "")
     text = (f"Transformer: p = {res['p']}, d_model = {res['d_model']}, {res['n_heads']} heads of {res['d_head']}, "
             f"d_mlp = {res['d_mlp']}, operation {res['operation']}, status {res['status']}. Accuracy: train "
             f"{_pct(res['train_acc'])}, validation {_pct(res['val_acc'])}, all pairs {_pct(res['full_acc'])}. "
@@ -450,7 +451,7 @@ def _transformer_text(res: dict) -> tuple[str, list[Table]]:
             f"{_pct(attention['a'])} to a, {_pct(attention['b'])} to b. Phases (README): memorisation ends at epoch "
             f"{phases['memorisation_end']}, circuit formation at {phases['circuit_formation_end']}, cleanup at "
             f"{phases['cleanup_end']}; the restricted loss fell below 1 at epoch {phases['restricted_loss_below_1']}, "
-            f"the validation loss at {phases['val_loss_below_1']}.{_clock_pizza_text(res)}")
+            f"{val_loss} at {phases['val_loss_below_1']}.{_clock_pizza_text(res)}")
     tables = [Table(["key frequency", "neurons", "mean share of variance"],
                     [[c["freq"], c["neurons"], c["explained_mean"]] for c in res["neuron_clusters"]])]
     if "key_frequency_ablation" in res:

@@ -160,7 +160,7 @@ class MLPStack(nn.Module):
         # trained) at a fifth of argmax's cost; all-equal logits (a dead network) count as wrong
         right = logits.gather(-1, target)
         correct = ((right >= logits.amax(-1, keepdim=True)) & (right > logits.amin(-1, keepdim=True))).sum((1, 2))
-        logp = logits.log_softmax(-1)
+        logp = logits.log_softmax(-1) if loss != "stablemax" or collapsed is not None else None  # StableMax needs none
         if collapsed is not None:
             collapsed += (logp.amax(-1) == 0).sum(1)  # modadd.module.softmax_collapsed
         if loss == "stablemax":

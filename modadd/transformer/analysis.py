@@ -74,7 +74,9 @@ def phases(rows: Sequence[dict], threshold: float = 0.99) -> dict[str, int | Non
     - `cleanup_end`: the first epoch with validation accuracy >= `threshold`: what memorised
       the training set no longer gets in the way.
     Also the first epochs at which the restricted and the validation loss fall below 1, which
-    say whether the circuit formed before the test loss fell (the paper's signature)."""
+    say whether the circuit formed before the test loss fell (the paper's signature). Under
+    `loss=stablemax` the validation loss is StableMax's and the restricted loss softmax's: the
+    two thresholds then do not measure the same thing (the report says so)."""
     memorised = first_epoch(rows, "train/acc", threshold)
     after = [r for r in rows if memorised is not None and r["epoch"] >= memorised]
     circuit = next((int(r["epoch"]) for r in after if r.get("fit/restricted_loss", float("nan")) < CIRCUIT_LOSS), None)
