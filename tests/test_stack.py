@@ -37,8 +37,11 @@ def assert_same_files(got, want):
     (weights, AdamW state and settings, loop state), fits and how it ended."""
     rows = [_rows(got), _rows(want)]
     assert rows[0] == rows[1]
-    models = [torch.load(d / "model.pt") for d in (got, want)]
-    assert models[0].keys() == models[1].keys() and all(torch.equal(models[0][k], models[1][k]) for k in models[1])
+    names = sorted(p.name for p in want.glob("model*.pt"))  # model.pt, or model_m<k>.pt for each of its members
+    assert names and sorted(p.name for p in got.glob("model*.pt")) == names
+    for name in names:
+        models = [torch.load(d / name) for d in (got, want)]
+        assert models[0].keys() == models[1].keys() and all(torch.equal(models[0][k], models[1][k]) for k in models[1])
     ckpts = [torch.load(d / "checkpoints" / "last.ckpt", weights_only=True) for d in (got, want)]
     assert ckpts[0].keys() == ckpts[1].keys()
     for key in ("hyper_parameters", "loops", "global_step", "epoch"):
@@ -58,15 +61,15 @@ def assert_same_files(got, want):
 
 @pytest.mark.slow
 def test_stacked_jobs_write_what_they_write_alone(tmp_out):
-    """Four jobs (two weight decays x two learning rates) as one stack of four members, against the
-    same sweep run job after job: every file of every job the same, bit for bit."""
-    grid = ["weight_decay=0.1,0.5", "lr=0.003,0.01"]
+    """Eight jobs (two weight decays x two learning rates x one or two members) as one stack of 12
+    members, against the same sweep run job after job: every file of every job the same, bit for bit."""
+    grid = ["weight_decay=0.1,0.5", "lr=0.003,0.01", "members=1,2"]
     stacked, alone = tmp_out / "stacked", tmp_out / "alone"
     proc = run_script("train.py", "-m", *SHAPE, *grid, "hydra/launcher=stacked", f"hydra.sweep.dir={stacked}")
     run_script("train.py", "-m", *SHAPE, *grid, "hydra/launcher=basic", "logger=csv", f"hydra.sweep.dir={alone}")
-    assert "a stack of 4 jobs" in proc.stdout
+    assert "a stack of 8 jobs" in proc.stdout
     jobs = _jobs(stacked)
-    assert [j.name for j in jobs] == [j.name for j in _jobs(alone)] and len(jobs) == 4
+    assert [j.name for j in jobs] == [j.name for j in _jobs(alone)] and len(jobs) == 8
     runs = set()
     for job in jobs:
         assert_same_files(job, alone / job.name)
@@ -77,7 +80,7 @@ def test_stacked_jobs_write_what_they_write_alone(tmp_out):
         assert w["state"] == "finished" and w["name"] == job.name and w["summary"]["status"] == "ok"
         assert w["summary"]["val/acc"] == pytest.approx(float(_rows(job)[-1]["val/acc"]))
         runs.add(w["run_id"])
-    assert len(runs) == 4
+    assert len(runs) == 8
 
 
 @pytest.mark.slow
