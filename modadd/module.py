@@ -48,6 +48,7 @@ from modadd.chunks import chunks
 log = logging.getLogger("modadd")
 
 GROKFAST_EMA = "grokfast_ema"  # a parameter's Grokfast EMA of its gradients, in the optimizer's state
+STACKED_KNOBS = ("lr", "weight_decay", "betas", "seed", "members")  # what each job of a stack gives its members
 
 
 class GrokModule(L.LightningModule):
@@ -79,17 +80,21 @@ class GrokModule(L.LightningModule):
         self.save_hyperparameters(logger=False)  # this and the family's own arguments
         self.hparams.betas = tuple(float(b) for b in betas)  # plain types: checkpoints load with weights_only=True
         self.automatic_optimization = False
-        keys = ("lr", "weight_decay", "betas", "seed", "members")
-        jobs = [{k: job[k] for k in keys} for job in stack] if stack else [{k: self.hparams[k] for k in keys}]
+        jobs = [{k: job[k] for k in STACKED_KNOBS} for job in stack] if stack else [{k: self.hparams[k] for k in STACKED_KNOBS}]
         self.member_seeds = [job["seed"] + i for job in jobs for i in range(job["members"])]
         starts = [sum(job["members"] for job in jobs[:j]) for j in range(len(jobs) + 1)]
         self.job_members = [slice(start, stop) for start, stop in zip(starts, starts[1:])]
-        groups = [{"lr": job["lr"], "weight_decay": job["weight_decay"], "betas": tuple(job["betas"]), "eps": 1e-8}
-                  for job in jobs for _ in range(job["members"])]
-        # per-member AdamW settings, None when they are all this module's own (torch's optimizer step then)
-        self.member_groups = None if all(g == groups[0] for g in groups) and not stack else groups
+        # a stack's AdamW settings: the members of each distinct one (None: one job, torch's optimizer step)
+        self.member_groups: list[tuple[dict, list[int]]] | None = None
+        if stack:
+            settings: dict[tuple, list[int]] = {}
+            for k, job in enumerate(job for job in jobs for _ in range(job["members"])):
+                settings.setdefault((job["lr"], job["weight_decay"], *job["betas"]), []).append(k)
+            self.member_groups = [({"lr": lr, "weight_decay": wd, "betas": (b1, b2), "eps": 1e-8}, members)
+                                  for (lr, wd, b1, b2), members in settings.items()]
+        self._adamw_views: dict = {}  # member_adamw_step's slices, kept while the tensors are the same
         self.job_metrics: list[dict[str, float]] = [{} for _ in jobs]
-        self.job_diverged = [False] * len(jobs)
+        self.job_diverged: list[tuple[float, int] | None] = [None] * len(jobs)  # (its loss, the epoch) once it diverged
 
     @property
     def epoch_metrics(self) -> dict[str, float]:
@@ -134,9 +139,9 @@ class GrokModule(L.LightningModule):
         self._record("train", loss=(loss_sum / steps).float(), acc=correct / n, softmax_collapse=collapsed / n)
         for j, metrics in enumerate(self.job_metrics):
             if not (self.job_diverged[j] or math.isfinite(metrics["train/loss"])):
-                log.warning("training loss is %s at epoch %d: stopping (diverged)%s", metrics["train/loss"],
-                            self.current_epoch, f" job {j} of the stack" if len(self.job_metrics) > 1 else "")
-                self.job_diverged[j] = True
+                self.job_diverged[j] = (metrics["train/loss"], self.current_epoch)
+                if len(self.job_metrics) == 1:  # a stack's job is told in its own log (modadd.stack)
+                    warn_diverged(*self.job_diverged[j])
         self.trainer.should_stop |= all(self.job_diverged)  # a stack's other jobs go on
 
     def train_epoch(self, opt: LightningOptimizer, a: Tensor, b: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -181,7 +186,7 @@ class GrokModule(L.LightningModule):
         hp = self.hparams
         emas = grokfast_ema(opt.optimizer, hp.grokfast_alpha, hp.grokfast_lambda) if hp.grokfast else []
         if self.member_groups is not None:
-            member_adamw_step(opt.optimizer, self.member_groups)
+            member_adamw_step(opt.optimizer, self.member_groups, self._adamw_views)
             if last:
                 count_step(opt)
         else:
@@ -262,11 +267,12 @@ def count_step(opt: LightningOptimizer) -> None:
     opt.step()
 
 
-def member_adamw_step(opt: torch.optim.AdamW, groups: Sequence[Mapping]) -> None:
-    """An AdamW step of a `fused=True` optimizer whose parameters stack K members, member k with
-    the settings `groups[k]` (lr, weight_decay, betas, eps): torch's fused AdamW kernel on the
-    members' slices, one call per distinct setting, so each member is updated exactly as by
-    `opt.step()` on its own. The first call makes the state as `opt.step()` would."""
+def member_adamw_step(opt: torch.optim.AdamW, groups: Sequence[tuple[Mapping, list[int]]], views: dict) -> None:
+    """An AdamW step of a `fused=True` optimizer whose parameters stack K members, each group of
+    `groups` (settings: lr, weight_decay, betas, eps; the members that have them) one call of
+    torch's fused AdamW kernel on those members' slices, so each member is updated exactly as by
+    `opt.step()` on its own. The first call makes the state as `opt.step()` would. `views`: a
+    cache of the slices (the caller's), rebuilt when a tensor changes (a device move, new grads)."""
     params = opt.param_groups[0]["params"]
     states = [opt.state[param] for param in params]
     if not states[0]:  # torch.optim.AdamW._init_group, fused
@@ -274,22 +280,23 @@ def member_adamw_step(opt: torch.optim.AdamW, groups: Sequence[Mapping]) -> None
             state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
             state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+    tensors = [params, [param.grad for param in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]]
+    key = tuple(t.data_ptr() for kind in tensors for t in kind)
+    if views.get("key") != key:  # per group: its members' slices of each kind of tensor
+        views.clear()
+        views.update(key=key, slices=[[[t[k] for t in kind for k in members] for kind in tensors] for _, members in groups])
     steps = [state["step"] for state in states]
     torch._foreach_add_(steps, 1)
-    settings: dict[tuple, list[int]] = {}  # the members of each distinct setting
-    for k, group in enumerate(groups):
-        settings.setdefault(tuple(sorted((key, tuple(v) if key == "betas" else v) for key, v in group.items())), []).append(k)
-    for members in settings.values():
-        def pick(tensors: list[Tensor]) -> list[Tensor]:
-            return [t[k] for t in tensors for k in members]
-
-        group = groups[members[0]]
+    for (group, members), (param_slices, grads, exp_avgs, exp_avg_sqs) in zip(groups, views["slices"]):
         beta1, beta2 = group["betas"]
-        torch._fused_adamw_(
-            pick(params), pick([param.grad for param in params]), pick([s["exp_avg"] for s in states]),
-            pick([s["exp_avg_sq"] for s in states]), [], [step for step in steps for _ in members],
-            lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
-            amsgrad=False, maximize=False)
+        torch._fused_adamw_(param_slices, grads, exp_avgs, exp_avg_sqs, [], [step for step in steps for _ in members],
+                            lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
+                            eps=group["eps"], amsgrad=False, maximize=False)
+
+
+def warn_diverged(loss: float, epoch: int) -> None:
+    """The line a job's log gets when its training loss stops being finite."""
+    log.warning("training loss is %s at epoch %d: stopping (diverged)", loss, epoch)
 
 
 def member_metrics(key: str, per_member: list[float]) -> dict[str, float]:

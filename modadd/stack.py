@@ -38,7 +38,8 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
+from hydra.core.utils import JobReturn, JobStatus, configure_log, env_override, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
 from hydra.utils import instantiate
 from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch.callbacks import Callback
@@ -50,11 +51,11 @@ from modadd.config import validate
 from modadd.family import family_of
 from modadd.job import (callback_rank, checkpoint_path, disk_error, end_job, finished_summary, quiet_libraries,
                         start_fresh, torch_threads)
-from modadd.module import GrokModule
+from modadd.module import STACKED_KNOBS, GrokModule, warn_diverged
 
 log = logging.getLogger("modadd")
 
-STACKED = ("lr", "weight_decay", "betas", "members")  # what the jobs of one stack may differ in
+STACKED = ("lr", "weight_decay", "betas", "members")  # what the jobs of one stack may differ in (not the seed)
 _JOB: contextvars.ContextVar[int | None] = contextvars.ContextVar("stack_job", default=None)
 
 
@@ -72,10 +73,10 @@ def stack_key(cfg: DictConfig) -> str | None:
     for knob in STACKED:
         task.pop(knob, None)
         task["model"].pop(knob, None)
-    return json.dumps(task, sort_keys=True, default=str).replace(out, "<the job's dir>")
+    return json.dumps(task, sort_keys=True, default=str, ensure_ascii=False).replace(out, "<the job's dir>")
 
 
-def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
+def launch(launcher: Launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
     """The stacked launcher's `launch`: each stack trained as one, every other job as the basic
     launcher runs it; one `JobReturn` per job, in order."""
     setup_globals()
@@ -94,21 +95,33 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     groups: dict[str, list[int]] = {}
     for i, cfg in enumerate(configs):
         groups.setdefault(stack_key(cfg) or f"alone {i}", []).append(i)
+    log.info("Launching %d jobs, those of one shape as one stack (at most %d members each)", len(configs),
+             launcher.max_members)
     returns: list[JobReturn | None] = [None] * len(configs)
-    size = launcher.max_members
     for indices in groups.values():
-        for chunk in [indices[s : s + size] for s in range(0, len(indices), size)]:
-            if len(chunk) == 1 or sum(configs[i].members for i in chunk) > size:
-                for i in chunk:
-                    returns[i] = _alone(launcher, configs[i])
+        for chunk in _chunks(indices, [configs[i].members for i in indices], launcher.max_members):
+            if len(chunk) == 1:
+                returns[chunk[0]] = _alone(launcher, configs[chunk[0]])
             else:
-                for i, ret in zip(chunk, train_stack([configs[i] for i in chunk])):
+                for i, ret in zip(chunk, train_stack([configs[i] for i in chunk], launcher)):
                     returns[i] = ret
             configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     return returns
 
 
-def _alone(launcher, cfg: DictConfig) -> JobReturn:
+def _chunks(indices: list[int], members: list[int], size: int) -> list[list[int]]:
+    """`indices` cut in order into stacks of at most `size` members (a job of more trains alone)."""
+    chunks, count = [[]], 0
+    for i, m in zip(indices, members):
+        if chunks[-1] and count + m > size:
+            chunks.append([])
+            count = 0
+        chunks[-1].append(i)
+        count += m
+    return chunks
+
+
+def _alone(launcher: Launcher, cfg: DictConfig) -> JobReturn:
     return run_job(hydra_context=launcher.hydra_context, task_function=launcher.task_function, config=cfg,
                    job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
 
@@ -130,18 +143,37 @@ class Job:
         self.loggers: list = []
         self.error: BaseException | None = None
         self.result = float("nan")  # the final validation accuracy (mean over its members)
+        self.stacked: dict = {}  # what it gives its members of the stack (STACKED_KNOBS)
+        self.ended = False
 
     def set_hydra(self) -> None:
         """Makes this job's Hydra config the current one (`${hydra:runtime.output_dir}`, W&B's run name)."""
         HydraConfig.instance().set_config(self.cfg)
 
+    def end(self, j: int, view: JobView | None, error: BaseException | None) -> None:
+        """What a lone job does when its training ends (`modadd.job.end_job`: its models, summary and
+        W&B run), with `view` the job's trainer (None if the stack was never built). A failure is
+        kept as the job's `error`, for its `JobReturn`."""
+        self.set_hydra()
+        token = _JOB.set(j)
+        try:
+            summary = end_job(self.task, self.out, error, view, view and view.module, self.loggers)
+            self.result = summary["final"].get("val/acc", float("nan"))
+        except BaseException as err:  # noqa: BLE001 - the other jobs still end
+            self.error = err
+        finally:
+            _JOB.reset(token)
+            self.ended = True
 
-def train_stack(cfgs: list[DictConfig]) -> list[JobReturn]:
+
+def train_stack(cfgs: list[DictConfig], launcher: Launcher) -> list[JobReturn]:
     """Train the jobs `cfgs` (composed sweep configs, each with its `hydra.runtime.output_dir`) as
     one stack; returns their `JobReturn`s. Raises SystemExit as a lone job does (a failed disk
     write, a signal), once every job's files are written."""
     jobs = [Job(cfg) for cfg in cfgs]
     signals.install()
+    logging.raiseExceptions = False  # a full disk fails the log files too: one line per job, not a traceback per record
+    callbacks = launcher.hydra_context.callbacks
     with ExitStack() as held:
         try:
             for job in jobs:
@@ -149,7 +181,7 @@ def train_stack(cfgs: list[DictConfig]) -> list[JobReturn]:
                 job.out.mkdir(parents=True, exist_ok=True)
                 held.enter_context(rundir.claim(job.out, job.task, job.cfg.hydra))
         except (rundir.RunDirError, OSError) as err:  # another writer, a full or read-only disk: as a lone job
-            print(f"error: {disk_error(err) or err if isinstance(err, OSError) else err}", file=sys.stderr)
+            print(f"error: {(disk_error(err) or err) if isinstance(err, OSError) else err}", file=sys.stderr)
             raise SystemExit(1) from None
         held.callback(_close_job_logs)
         _log_to_every_job(jobs)
@@ -160,48 +192,53 @@ def train_stack(cfgs: list[DictConfig]) -> list[JobReturn]:
         torch.set_num_threads(torch_threads(jobs[0].task))
         log.info("a stack of %d jobs in %s: %s; %d torch thread(s)", len(jobs), jobs[0].out.parent,
                  ", ".join(job.out.name for job in jobs), torch.get_num_threads())
-        with signals.deferred():
-            trainer, module, error = _fit(jobs)
-        exit_error = None
-        for j, job in enumerate(jobs):
+        with env_override(jobs[0].cfg.hydra.job.env_set), signals.deferred():  # the endings too, as a lone job's
+            for job in jobs:
+                job.set_hydra()
+                callbacks.on_job_start(config=job.cfg, task_function=launcher.task_function)
+            _fit(jobs)
+        returns = [_job_return(job) for job in jobs]
+        for job, ret in zip(jobs, returns):
             job.set_hydra()
-            token = _JOB.set(j)
-            try:
-                view = JobView(trainer, module, j, job) if trainer is not None else None
-                summary = end_job(job.task, job.out, job.error or error, view, view and view.module, job.loggers)
-                job.result = summary["final"].get("val/acc", float("nan"))
-            except BaseException as err:  # noqa: BLE001 - the other jobs still end; raised below
-                job.error, exit_error = err, exit_error or err
-            finally:
-                _JOB.reset(token)
-        if isinstance(exit_error, SystemExit):
+            callbacks.on_job_end(config=job.cfg, job_return=ret)
+        exit_error = next((job.error for job in jobs if isinstance(job.error, SystemExit)), None)
+        if exit_error is not None:
             raise exit_error
     if signals.received() is not None:
         signals.stop(signals.received())
-    return [_job_return(job) for job in jobs]
+    return returns
 
 
-def _fit(jobs: list[Job]) -> tuple[L.Trainer | None, GrokModule | None, BaseException | None]:
-    """Build the stack (every job's loggers first: a job that fails later is still a W&B run) and train it."""
-    trainer = module = None
-    try:
-        for job in jobs:
-            job.set_hydra()
+def _fit(jobs: list[Job]) -> None:
+    """Build the stack and train it, then end every job. A job whose loggers or callbacks cannot
+    be made ends at once, failed, and the others train without it (each job's loggers come
+    first: a job that fails later is still a W&B run)."""
+    for j, job in enumerate(jobs):
+        job.set_hydra()
+        try:
             job.loggers = [instantiate(c, alongside=True) for c in (job.task.logger or {}).values()]
             config = OmegaConf.to_container(job.task, resolve=True)
             for logger in job.loggers:
                 logger.log_hyperparams(config)
             job.callbacks = sorted((instantiate(c) for c in (job.task.callbacks or {}).values()), key=callback_rank)
-        first = jobs[0].task
-        configs = [OmegaConf.to_container(job.task, resolve=True) for job in jobs]
-        stack = [{knob: config[knob] for knob in ("lr", "weight_decay", "betas", "seed", "members")} for config in configs]
-        module = instantiate(first.model, stack=stack)
+            job.stacked = {knob: config[knob] for knob in STACKED_KNOBS}
+        except Exception as err:  # noqa: BLE001 - this job's failure, not the stack's
+            job.end(j, None, err)
+    live = [job for job in jobs if not job.ended]
+    if not live:
+        return
+    trainer = module = error = None
+    try:
+        first = live[0].task
+        module = instantiate(first.model, stack=[job.stacked for job in live])
         data = instantiate(first.data)
-        trainer = instantiate(first.trainer, logger=False, callbacks=[StopOnSignal(), StackCallbacks(jobs)])
+        trainer = instantiate(first.trainer, logger=False, callbacks=[StopOnSignal(), StackCallbacks(live)])
         trainer.fit(module, datamodule=data)
-        return trainer, module, None
     except BaseException as err:  # noqa: BLE001 - every job's ending is recorded
-        return trainer, module, err
+        error = err
+    for j, job in enumerate(live):
+        if not job.ended:
+            job.end(j, JobView(trainer, module, j, job) if trainer is not None else None, error)
 
 
 def _job_return(job: Job) -> JobReturn:
@@ -231,8 +268,11 @@ class _JobLines(logging.Filter):
 def _close_job_logs() -> None:
     for handler in list(logging.getLogger().handlers):
         if any(isinstance(f, _JobLines) for f in handler.filters):
-            handler.close()
             logging.getLogger().removeHandler(handler)
+            try:
+                handler.close()
+            except OSError:
+                pass  # a full disk: the job's summary says so
 
 
 def _log_to_every_job(jobs: list[Job]) -> None:
@@ -306,7 +346,7 @@ class ModuleView:
 
     @property
     def diverged(self) -> bool:
-        return self._module.job_diverged[self._j]
+        return self._module.job_diverged[self._j] is not None
 
     @property
     def net(self):
@@ -324,41 +364,56 @@ class ModuleView:
 
 class StackCallbacks(Callback):
     """Runs every job's callbacks on its `JobView`, job after job, each hook in the order a lone
-    job runs them. A job whose member diverged ends at that epoch (its `on_train_end`) and is
-    left out after."""
+    job runs them. A job whose member diverged ends at that epoch, as a lone one would (its
+    `on_train_end`, then its models, summary and W&B run); a job whose callback raised ends
+    failed (its `on_exception`); either way the others train on."""
 
     def __init__(self, jobs: list[Job]):
         self.jobs = jobs
-        self.ended: set[int] = set()
         self.views: list[JobView] = []
 
     def _each(self, hook: str, trainer: L.Trainer, module: GrokModule, *args) -> None:
         if not self.views:
             self.views = [JobView(trainer, module, j, job) for j, job in enumerate(self.jobs)]
-        for j, view in enumerate(self.views):
-            if j in self.ended and hook != "teardown":
+        for j, (job, view) in enumerate(zip(self.jobs, self.views)):
+            if job.ended and hook != "teardown":
                 continue
-            token = _JOB.set(j)
             try:
-                for callback in view.callbacks:
+                self._call(j, hook, *args)
+            except Exception as err:  # noqa: BLE001 - this job's failure, not the stack's
+                if hook in ("on_exception", "teardown"):
+                    continue  # already ending
+                self._call(j, "on_exception", err, quiet=True)
+                job.end(j, view, err)
+        trainer.should_stop |= all(job.ended for job in self.jobs)
+
+    def _call(self, j: int, hook: str, *args, quiet: bool = False) -> None:
+        view = self.views[j]
+        token = _JOB.set(j)
+        try:
+            for callback in view.callbacks:
+                try:
                     getattr(callback, hook)(view, view.module, *args)
-            finally:
-                _JOB.reset(token)
+                except Exception:  # noqa: BLE001
+                    if not quiet:
+                        raise
+        finally:
+            _JOB.reset(token)
 
     def on_train_start(self, trainer: L.Trainer, module: GrokModule) -> None:
         self._each("on_train_start", trainer, module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: GrokModule) -> None:
         self._each("on_train_epoch_end", trainer, module)
-        for j, view in enumerate(self.views):
-            if view.module.diverged and j not in self.ended and not trainer.should_stop:
+        if trainer.should_stop:
+            return  # every job ends with the stack
+        for j, (job, view) in enumerate(zip(self.jobs, self.views)):
+            if view.module.diverged and not job.ended:
                 token = _JOB.set(j)
-                try:
-                    for callback in view.callbacks:
-                        callback.on_train_end(view, view.module)
-                finally:
-                    _JOB.reset(token)
-                self.ended.add(j)
+                warn_diverged(*module.job_diverged[j])
+                _JOB.reset(token)
+                self._call(j, "on_train_end")
+                job.end(j, view, None)
 
     def on_train_end(self, trainer: L.Trainer, module: GrokModule) -> None:
         self._each("on_train_end", trainer, module)

@@ -32,7 +32,8 @@ def wandb_logger(project: str, save_dir: str, init_timeout: float = 60, alongsid
                  **kwargs) -> WandbLogger:
     """A WandbLogger on a fresh run named by the job's overrides, grouped by its sweep dir.
     `alongside`: one of several runs open at once in this process (a stack's jobs, `modadd.stack`),
-    which leaves the others open."""
+    which leaves the others open and captures no console (W&B would capture every job's lines:
+    the job's own are in its train.log)."""
     import wandb
 
     os.environ.setdefault("WANDB_MODE", "offline")
@@ -48,10 +49,11 @@ def wandb_logger(project: str, save_dir: str, init_timeout: float = 60, alongsid
     if not alongside:
         finish_run()  # never inherit a run left open by an earlier job in this process
     init = dict(project=project, dir=save_dir, job_type="train", **kwargs, **({"reinit": "create_new"} if alongside else {}))
+    console = {"console": "off"} if alongside else {}
     runs = Path(save_dir) / "wandb"
     before = set(runs.iterdir()) if runs.is_dir() else set()
     try:
-        run = wandb.init(**init, settings=wandb.Settings(init_timeout=init_timeout))
+        run = wandb.init(**init, settings=wandb.Settings(init_timeout=init_timeout, **console))
     except Exception as err:  # noqa: BLE001 - any failure to go online must not stop training
         if os.environ["WANDB_MODE"] in ("offline", "dryrun", "disabled"):
             raise
@@ -59,7 +61,7 @@ def wandb_logger(project: str, save_dir: str, init_timeout: float = 60, alongsid
             shutil.rmtree(orphan, ignore_errors=True)
         log.warning("W&B online mode could not start (%s): logging offline; upload later with "
                     "`wandb sync %s/wandb/offline-run-*`", _reason(err, init_timeout), save_dir)
-        run = wandb.init(**init, mode="offline")
+        run = wandb.init(**init, mode="offline", settings=wandb.Settings(**console))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*wandb run already in progress.*")
         return WandbLogger(project=project, save_dir=save_dir, experiment=run, **kwargs)

@@ -100,15 +100,50 @@ def test_a_stacked_jobs_checkpoint_resumes_alone(tmp_out):
 
 
 @pytest.mark.slow
-def test_a_diverging_member_ends_its_own_job_and_the_others_train_on(tmp_out):
-    sweep = tmp_out / "sweep"
+def test_a_diverging_member_ends_its_own_job_as_alone_and_the_others_train_on(tmp_out):
+    sweep, alone = tmp_out / "sweep", tmp_out / "alone"
     run_script("train.py", "-m", "p=11", "lr=100,0.003", "epochs=200", "hydra/launcher=stacked", "logger=csv",
                f"hydra.sweep.dir={sweep}")
-    diverged = json.loads((sweep / "epochs=200,lr=100,p=11" / "summary.json").read_text())
-    ok = json.loads((sweep / "epochs=200,lr=0.003,p=11" / "summary.json").read_text())
-    assert diverged["status"] == "diverged" and diverged["epochs_run"] < 200
-    assert len(_rows(sweep / "epochs=200,lr=100,p=11")) == diverged["epochs_run"]
+    run_script("train.py", "p=11", "lr=100", "epochs=200", "logger=csv", f"hydra.run.dir={alone}")
+    job, healthy = sweep / "epochs=200,lr=100,p=11", sweep / "epochs=200,lr=0.003,p=11"
+    diverged = json.loads((job / "summary.json").read_text())
+    assert diverged["status"] == "diverged" and 0 < diverged["epochs_run"] < 200
+    assert _rows(job) == _rows(alone)  # the same last row
+    got, want = torch.load(job / "model.pt"), torch.load(alone / "model.pt")  # its weights at that epoch
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=0, equal_nan=True)
+    assert "stopping (diverged)" in (job / "train.log").read_text()
+    assert "diverged" not in (healthy / "train.log").read_text()
+    ok = json.loads((healthy / "summary.json").read_text())
     assert ok["status"] == "ok" and ok["epochs_run"] == 200
+
+
+@pytest.mark.slow
+def test_one_jobs_failure_leaves_the_others_of_its_stack_whole(tmp_out):
+    """A job whose W&B run cannot start (its wandb/ is a file) fails alone, as with any launcher."""
+    sweep = tmp_out / "sweep"
+    bad = sweep / "epochs=5,p=11,weight_decay=0.2"
+    bad.mkdir(parents=True)
+    (bad / "wandb").write_text("not a dir")
+    proc = run_script("train.py", "-m", "p=11", "epochs=5", "weight_decay=0.1,0.2,0.3", "hydra/launcher=stacked",
+                      f"hydra.sweep.dir={sweep}", check=False)
+    assert proc.returncode != 0 and "weight_decay=0.2" in proc.stderr  # the sweep names the failed job
+    assert json.loads((bad / "summary.json").read_text())["status"] == "failed"
+    for wd in ("0.1", "0.3"):
+        job = sweep / f"epochs=5,p=11,weight_decay={wd}"
+        assert json.loads((job / "summary.json").read_text())["status"] == "ok" and (job / "model.pt").exists()
+        assert wandb_inspect(job)["state"] == "finished"
+
+
+@pytest.mark.slow
+def test_stacks_hold_at_most_max_members_and_hydras_job_callbacks_run_for_each_job(tmp_out):
+    proc = run_script("train.py", "-m", "p=7", "hidden=8", "epochs=2", "members=2", "weight_decay=0.1,0.2,0.3,0.4",
+                      "logger=csv", "hydra/launcher=stacked", "hydra.launcher.max_members=4",
+                      "+hydra.callbacks.ret._target_=hydra.experimental.callbacks.LogJobReturnCallback",
+                      f"hydra.sweep.dir={tmp_out / 'sweep'}")
+    out = proc.stdout + proc.stderr
+    assert out.count("a stack of 2 jobs") == 2
+    assert out.count("Succeeded with return value") == 4
 
 
 def test_a_stack_groups_the_jobs_of_one_shape():
@@ -139,9 +174,10 @@ def test_member_adamw_step_is_torchs_adamw_on_each_member():
     opt = torch.optim.AdamW(net.parameters(), fused=True)
     opts = [torch.optim.AdamW(m.parameters(), fused=True, **{k: v for k, v in g.items()}) for m, g in zip(alone, groups)]
     a, b = torch.randint(0, 13, (2, 3, 20))
+    views = {}  # the slices, built at the first step (which makes the state) and the second, then kept
     for _ in range(3):
         net.backward(a, b, (a + b) % 13)
-        member_adamw_step(opt, groups)
+        member_adamw_step(opt, [(groups[0], [0, 2]), (groups[1], [1])], views)
         for k, (m, o) in enumerate(zip(alone, opts)):
             m.backward(a[k : k + 1], b[k : k + 1], (a[k : k + 1] + b[k : k + 1]) % 13)
             o.step()

@@ -39,11 +39,11 @@ class MLPModule(GrokModule):
             raise ValueError("a stack of jobs with their own AdamW settings needs model.fast=true (torch's fused AdamW)")
         if init is None:
             self.net = MLPStack.init(p, hidden, self.member_seeds, activation)
-        else:  # every member starts from the given network(s): a construction, another run
+        else:  # every member starts from the given network(s): a construction, another run; each job of a stack alike
             fc1, fc2 = load_weights(init)
-            W_in, W_out = (w.transpose(1, 2).expand(members, -1, -1).contiguous() for w in (fc1, fc2))
+            W_in, W_out = (w.transpose(1, 2).repeat(members // w.shape[0], 1, 1) for w in (fc1, fc2))
             self.net = MLPStack(W_in, W_out, activation)
-            if members > fc1.shape[0]:
+            if members > fc1.shape[0] and len(self.job_members) == 1:
                 log.warning("the %d members all start from %s: they differ only through their batch orders "
                             "(not at all with shuffle=false or a full batch)", members, init)
 
@@ -53,10 +53,20 @@ class MLPModule(GrokModule):
         hp = self.hparams
         sums = fused.train_epoch(
             self.net.W_in.detach(), self.net.W_out.detach(), [opt.optimizer.state[q] for q in self.net.parameters()],
-            a, b, y, self.batch_size(y.shape[1]), self.member_groups or opt.optimizer.param_groups[0], hp.activation,
+            a, b, y, self.batch_size(y.shape[1]), self._kernel_groups() or opt.optimizer.param_groups[0], hp.activation,
             hp.loss, (hp.grokfast_alpha, hp.grokfast_lambda) if hp.grokfast else None)
         count_step(opt)
         return sums
+
+    def _kernel_groups(self) -> list[dict] | None:
+        """A stack's AdamW settings, member by member, as the kernel takes them."""
+        if self.member_groups is None:
+            return None
+        per_member = [{}] * len(self.member_seeds)
+        for group, members in self.member_groups:
+            for k in members:
+                per_member[k] = group
+        return per_member
 
     def _fused_cpu(self) -> bool:
         hp = self.hparams
