@@ -31,7 +31,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -372,14 +372,14 @@ class StackCallbacks(Callback):
         self.jobs = jobs
         self.views: list[JobView] = []
 
-    def _each(self, hook: str, trainer: L.Trainer, module: GrokModule, *args) -> None:
+    def _each(self, hook: str, trainer: L.Trainer, module: GrokModule, *args, **kwargs) -> None:
         if not self.views:
             self.views = [JobView(trainer, module, j, job) for j, job in enumerate(self.jobs)]
         for j, (job, view) in enumerate(zip(self.jobs, self.views)):
             if job.ended and hook != "teardown":
                 continue
             try:
-                self._call(j, hook, *args)
+                self._call(j, hook, *args, **kwargs)
             except Exception as err:  # noqa: BLE001 - this job's failure, not the stack's
                 if hook in ("on_exception", "teardown"):
                     continue  # already ending
@@ -387,21 +387,20 @@ class StackCallbacks(Callback):
                 job.end(j, view, err)
         trainer.should_stop |= all(job.ended for job in self.jobs)
 
-    def _call(self, j: int, hook: str, *args, quiet: bool = False) -> None:
+    def _call(self, j: int, hook: str, *args, quiet: bool = False, **kwargs) -> None:
         view = self.views[j]
         token = _JOB.set(j)
         try:
             for callback in view.callbacks:
+                if getattr(type(callback), hook) is getattr(Callback, hook):
+                    continue  # Lightning's no-op: not called, per job, per step
                 try:
-                    getattr(callback, hook)(view, view.module, *args)
+                    getattr(callback, hook)(view, view.module, *args, **kwargs)
                 except Exception:  # noqa: BLE001
                     if not quiet:
                         raise
         finally:
             _JOB.reset(token)
-
-    def on_train_start(self, trainer: L.Trainer, module: GrokModule) -> None:
-        self._each("on_train_start", trainer, module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: GrokModule) -> None:
         self._each("on_train_epoch_end", trainer, module)
@@ -415,14 +414,16 @@ class StackCallbacks(Callback):
                 self._call(j, "on_train_end")
                 job.end(j, view, None)
 
-    def on_train_end(self, trainer: L.Trainer, module: GrokModule) -> None:
-        self._each("on_train_end", trainer, module)
 
-    def on_fit_end(self, trainer: L.Trainer, module: GrokModule) -> None:
-        self._each("on_fit_end", trainer, module)
+def _forward(hook: str) -> Callable[..., None]:
+    def forward(self: StackCallbacks, trainer: L.Trainer, module: GrokModule, *args, **kwargs) -> None:
+        self._each(hook, trainer, module, *args, **kwargs)
 
-    def on_exception(self, trainer: L.Trainer, module: GrokModule, exception: BaseException) -> None:
-        self._each("on_exception", trainer, module, exception)
+    return forward
 
-    def teardown(self, trainer: L.Trainer, module: GrokModule, stage: str) -> None:
-        self._each("teardown", trainer, module, stage)
+
+# Every other hook of Lightning's callbacks goes to each job's callbacks as it comes; a job's
+# checkpoint is its own (JobView.save_checkpoint), so the checkpoint hooks are not forwarded.
+for _hook in [h for h in vars(Callback) if (h.startswith("on_") or h in ("setup", "teardown"))
+              and h not in ("on_train_epoch_end", "on_save_checkpoint", "on_load_checkpoint")]:
+    setattr(StackCallbacks, _hook, _forward(_hook))
