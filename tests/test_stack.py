@@ -61,15 +61,15 @@ def assert_same_files(got, want):
 
 @pytest.mark.slow
 def test_stacked_jobs_write_what_they_write_alone(tmp_out):
-    """Eight jobs (two weight decays x two learning rates x one or two members) as one stack of 12
-    members, against the same sweep run job after job: every file of every job the same, bit for bit."""
-    grid = ["weight_decay=0.1,0.5", "lr=0.003,0.01", "members=1,2"]
+    """Four jobs of two members (two weight decays x two learning rates) as one stack of 8 members,
+    against the same sweep run job after job: every file of every job the same, bit for bit."""
+    grid = ["weight_decay=0.1,0.5", "lr=0.003,0.01", "members=2"]
     stacked, alone = tmp_out / "stacked", tmp_out / "alone"
     proc = run_script("train.py", "-m", *SHAPE, *grid, "hydra/launcher=stacked", f"hydra.sweep.dir={stacked}")
     run_script("train.py", "-m", *SHAPE, *grid, "hydra/launcher=basic", "logger=csv", f"hydra.sweep.dir={alone}")
-    assert "a stack of 8 jobs" in proc.stdout
+    assert "a stack of 4 jobs" in proc.stdout
     jobs = _jobs(stacked)
-    assert [j.name for j in jobs] == [j.name for j in _jobs(alone)] and len(jobs) == 8
+    assert [j.name for j in jobs] == [j.name for j in _jobs(alone)] and len(jobs) == 4
     runs = set()
     for job in jobs:
         assert_same_files(job, alone / job.name)
@@ -80,23 +80,7 @@ def test_stacked_jobs_write_what_they_write_alone(tmp_out):
         assert w["state"] == "finished" and w["name"] == job.name and w["summary"]["status"] == "ok"
         assert w["summary"]["val/acc"] == pytest.approx(float(_rows(job)[-1]["val/acc"]))
         runs.add(w["run_id"])
-    assert len(runs) == 8
-
-
-@pytest.mark.slow
-def test_a_stacked_jobs_checkpoint_resumes_alone(tmp_out):
-    """A stacked job trained for 10 epochs, then raised to 20 alone, continues from its own
-    checkpoint as the same job trained alone throughout does."""
-    stacked, whole = tmp_out / "stacked", tmp_out / "whole"
-    short = [a for a in SHAPE if not a.startswith("epochs")]
-    run_script("train.py", "-m", *short, "epochs=10", "weight_decay=0.1,0.5", "hydra/launcher=stacked", "logger=csv",
-               f"hydra.sweep.dir={stacked}")
-    job = stacked / "epochs=10,hidden=16,p=23,weight_decay=0.5"
-    for epochs in (10, 20):
-        run_script("train.py", *short, f"epochs={epochs}", "weight_decay=0.5", "logger=csv", f"hydra.run.dir={whole}")
-    run_script("train.py", *short, "epochs=20", "weight_decay=0.5", "logger=csv", f"hydra.run.dir='{job}'")
-    assert "resuming from" in (job / "train.log").read_text()
-    assert_same_files(job, whole)
+    assert len(runs) == 4
 
 
 @pytest.mark.slow
@@ -194,7 +178,7 @@ def test_member_adamw_step_is_torchs_adamw_on_each_member():
 def test_ctrl_c_stops_every_job_of_a_stack_with_its_checkpoint_and_the_same_command_finishes_them(tmp_out):
     """SIGINT during a stack: each job ends its epoch, writes its checkpoint and an `interrupted`
     summary, the sweep exits 130; the same command then finishes each job alone from its own
-    checkpoint, with the files of a stack never stopped."""
+    checkpoint (a lone job's layout, its own AdamW settings), with the files of a stack never stopped."""
     config = ["p=23", "hidden=32", "epochs=300", "weight_decay=0.1,0.5", "progress_every=1000", "logger=csv",
               "hydra/launcher=stacked"]
     stopped, whole = tmp_out / "stopped", tmp_out / "whole"
