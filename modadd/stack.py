@@ -55,7 +55,7 @@ from modadd.module import STACKED_KNOBS, GrokModule, warn_diverged
 
 log = logging.getLogger("modadd")
 
-STACKED = ("lr", "weight_decay", "betas", "members")  # what the jobs of one stack may differ in (not the seed)
+STACKED = tuple(k for k in STACKED_KNOBS if k != "seed")  # what the jobs of one stack may differ in: the seed fixes the split
 _JOB: contextvars.ContextVar[int | None] = contextvars.ContextVar("stack_job", default=None)
 
 
@@ -349,7 +349,7 @@ class ModuleView:
         return self._module.job_diverged[self._j] is not None
 
     @property
-    def net(self):
+    def net(self) -> torch.nn.Module:
         net = self._module.net
         return type(net)(net.W_in.detach()[self.members], net.W_out.detach()[self.members], net.activation)
 
