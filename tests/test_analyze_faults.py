@@ -209,7 +209,13 @@ def test_killing_analyze_py_ends_its_workers(sweep: Path, tmp_out: Path, signal_
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     parent = psutil.Process(proc.pid)
     deadline = time.monotonic() + 60
-    while not (workers := [c for c in parent.children() if "spawn_main" in " ".join(c.cmdline())]):
+    def cmdline(child):  # a short-lived child (a zombie, or gone) has none to read
+        try:
+            return " ".join(child.cmdline())
+        except psutil.Error:
+            return ""
+
+    while not (workers := [c for c in parent.children() if "spawn_main" in cmdline(c)]):
         assert time.monotonic() < deadline and proc.poll() is None, "analyze.py started no workers"
         time.sleep(0.05)
     time.sleep(1)  # past their start-up, into the work
